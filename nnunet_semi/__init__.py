@@ -1,0 +1,3 @@
+"""nnunet-semi: semi-supervised and generative training for nnU-Net v2."""
+
+__version__ = "0.1.0"

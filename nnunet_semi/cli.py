@@ -1,0 +1,50 @@
+"""``nnunet-semi``: one command with subcommands, next to nnU-Net's own ``nnUNetv2_*`` commands.
+
+Each subcommand lives in the module that implements it and registers itself through ``register(subparsers)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from nnunet_semi.errors import UserError
+
+COMMAND_MODULES = (
+    "nnunet_semi.env",
+    "nnunet_semi.planners.convert_2d",
+    "nnunet_semi.planners.make_semi",
+    "nnunet_semi.planners.splits",
+    "nnunet_semi.planners.plan",
+    "nnunet_semi.demo",
+    "nnunet_semi.evaluation.cli",
+    "nnunet_semi.synthesis.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet-semi", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:  # a command module that this installation does not ship
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except UserError as e:
+        print(f"nnunet-semi {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017) on nnU-Net: the baseline every other method is compared with."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nnunet_semi.core.rampup import RAMPUPS
+from nnunet_semi.core.trainer import Batch, nnUNetTrainerSemi
+
+
+def noised(x: torch.Tensor, std: float) -> torch.Tensor:
+    """x + clip(N(0, std^2), -2 std, 2 std): the input noise of the SSL4MIS Mean Teacher baseline."""
+    return x + torch.clamp(torch.randn_like(x) * std, -2 * std, 2 * std)
+
+
+class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
+    """Supervised: nnU-Net's Dice + CE with deep supervision on the labeled batch. Unsupervised: the mean squared
+    error between the student's and the EMA teacher's class probabilities on two differently augmented views of
+    each unlabeled crop (the teacher's view also noised), weighted by w(t) = consistency_weight * ramp-up(t).
+
+    Defaults follow the SSL4MIS ACDC baseline (EMA decay 0.99, weight 0.1, MSE averaged over voxels and classes)
+    with the ramp-up over the first quarter of training, as Tarvainen & Valpola ramp up over 80 of 300 epochs.
+    """
+
+    ema_decay = 0.99
+    unlabeled_views = 2
+    consistency_weight = 0.1
+    consistency_rampup = "sigmoid"
+    consistency_rampup_fraction = 0.25
+    teacher_noise_std = 0.1
+    train_terms = ("loss_supervised", "loss_consistency", "consistency_weight")
+
+    def current_consistency_weight(self) -> float:
+        rampup = RAMPUPS[self.consistency_rampup]
+        return self.consistency_weight * rampup(self.global_step,
+                                                round(self.consistency_rampup_fraction * self.total_iterations()))
+
+    def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        student_view, teacher_view = unlabeled
+        labeled_outputs, student_logits = self.forward_labeled_and_unlabeled(labeled["data"], student_view)
+        loss_supervised = self.loss(labeled_outputs, labeled["target"])
+        with torch.no_grad():
+            teacher_logits = self.teacher(noised(teacher_view, self.teacher_noise_std))
+        loss_consistency = F.mse_loss(self.probabilities(student_logits), self.probabilities(teacher_logits))
+        weight = self.current_consistency_weight()
+        return {"loss": loss_supervised + weight * loss_consistency, "loss_supervised": loss_supervised,
+                "loss_consistency": loss_consistency, "consistency_weight": torch.tensor(weight)}
