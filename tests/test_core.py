@@ -1,0 +1,150 @@
+"""Unit tests of the shared SSL core: ramp-ups, EMA teacher, hyperparameters, unlabeled views, logger."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
+from nnunetv2.training.logging.nnunet_logger import LocalLogger
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from PIL import Image
+from torch import nn
+
+from nnunet_semi.core.hyperparameters import (
+    ClassHyperparameters,
+    budget_variant,
+    budget_variant_from_name,
+)
+from nnunet_semi.core.logging import SemiLocalLogger
+from nnunet_semi.core.rampup import RAMPUPS, linear_rampup, sigmoid_rampup
+from nnunet_semi.core.teacher import EMATeacher, unwrap_network
+from nnunet_semi.core.unlabeled import UnlabeledViews, is_unlabeled_case, split_geometric_and_photometric, split_views
+from nnunet_semi.trainers import nnUNetTrainerMeanTeacher
+
+
+# ---------------------------------------------------------------- ramp-ups
+def test_sigmoid_rampup_hand_values():
+    assert sigmoid_rampup(0, 100) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(50, 100) == pytest.approx(math.exp(-5 * 0.25))
+    assert sigmoid_rampup(100, 100) == 1.0
+    assert sigmoid_rampup(250, 100) == 1.0  # clipped after the ramp
+    assert sigmoid_rampup(3, 0) == 1.0  # no ramp-up
+    assert RAMPUPS["gaussian"] is sigmoid_rampup
+
+
+def test_linear_rampup():
+    assert [linear_rampup(s, 4) for s in (0, 1, 4, 9)] == [0.0, 0.25, 1.0, 1.0]
+
+
+# ---------------------------------------------------------------- EMA teacher
+def test_ema_update_matches_hand_computation():
+    student = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        student.weight.fill_(1.0)
+    teacher = EMATeacher(student, decay=0.99)
+    with torch.no_grad():
+        student.weight.fill_(3.0)
+    teacher.update(student, update_index=1)  # warm-up decay min(1 - 1/2, 0.99) = 0.5
+    assert teacher.module.weight.item() == pytest.approx(0.5 * 1.0 + 0.5 * 3.0)
+    with torch.no_grad():
+        student.weight.fill_(5.0)
+    teacher.update(student, update_index=1000)  # decay 0.99
+    assert teacher.module.weight.item() == pytest.approx(0.99 * 2.0 + 0.01 * 5.0)
+    assert not any(p.requires_grad for p in teacher.module.parameters())
+
+
+def test_ema_teacher_unwraps_compiled_student():
+    student = nn.Linear(2, 2)
+    compiled = torch.compile(student)
+    assert unwrap_network(compiled) is student
+    teacher = EMATeacher(compiled, decay=0.5)
+    assert isinstance(teacher.module, nn.Linear)
+    torch.testing.assert_close(teacher.module.weight, student.weight)
+
+
+# ---------------------------------------------------------------- hyperparameters
+class _Recorder(nnUNetTrainer):
+    """Stands in for nnUNetTrainer.__init__: sets nnU-Net's defaults as instance attributes."""
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        self.num_epochs = 1000
+        self.num_iterations_per_epoch = 250
+        self.num_val_iterations_per_epoch = 50
+        self.initial_lr = 1e-2
+
+
+def test_class_attributes_override_nnunet_defaults():
+    class Short(ClassHyperparameters, _Recorder):
+        num_epochs = 7
+    trainer = Short({}, "2d", 0, {})
+    assert trainer.num_epochs == 7 and trainer.num_iterations_per_epoch == 250 and trainer.initial_lr == 1e-2
+
+
+def test_budget_variant_of_vanilla_and_semi_trainers():
+    variant = budget_variant(_Recorder, 3, 20)
+    trainer = variant({}, "2d", 0, {})
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (3, 20, 4)
+    assert variant.__name__ == "_Recorder_3epochs_20its" and budget_variant(_Recorder, 3, 20) is variant
+    mt = budget_variant_from_name("nnUNetTrainerMeanTeacher_2epochs_5its")
+    assert issubclass(mt, nnUNetTrainerMeanTeacher) and mt.num_epochs == 2 and mt.num_iterations_per_epoch == 5
+    assert budget_variant_from_name("nnUNetTrainerMeanTeacher_4epochs").num_epochs == 4
+    with pytest.raises(AttributeError):
+        budget_variant_from_name("nnUNetTrainerMeanTeacher")
+
+
+# ---------------------------------------------------------------- unlabeled data
+def test_is_unlabeled_case_reads_annotated_locations():
+    assert is_unlabeled_case({"class_locations": {1: [], 2: [], (-1, 0, 1, 2): []}})
+    assert not is_unlabeled_case({"class_locations": {1: [], 2: [], (-1, 0, 1, 2): [[0, 0, 1, 1]]}})
+    assert not is_unlabeled_case({"class_locations": {1: [[0, 0, 1, 1]]}})  # no ignore label at all
+
+
+def test_unlabeled_views_share_geometry_and_differ_in_appearance():
+    torch.manual_seed(0)
+    pipeline = ComposeTransforms([
+        MirrorTransform(allowed_axes=(0, 1)),
+        RandomTransform(GaussianNoiseTransform(noise_variance=(0.5, 0.5)), apply_probability=1.0),
+        DownsampleSegForDSTransform(ds_scales=[[1, 1], [0.5, 0.5]]),
+    ])
+    geometric, photometric = split_geometric_and_photometric(pipeline)
+    assert [type(t).__name__ for t in geometric] == ["MirrorTransform"]
+    assert [type(t).__name__ for t in photometric] == ["RandomTransform"]
+
+    image = 100 * torch.arange(16, dtype=torch.float32).reshape(1, 4, 4)  # pixels 100 apart, noise std ~0.7
+    views = UnlabeledViews(pipeline, num_views=2)
+    mirrored_somewhere = False
+    for _ in range(8):
+        out = views(image=image.clone(), segmentation=torch.zeros(1, 4, 4))
+        assert out["image"].shape == (2, 4, 4) and out["segmentation"].shape == (1, 4, 4)  # no DS list
+        view_a, view_b = split_views(out["image"][None], 2)
+        assert not torch.equal(view_a, view_b)  # independent noise
+        source_a = torch.round(view_a.flatten() / 100)  # which original pixel landed here
+        source_b = torch.round(view_b.flatten() / 100)
+        assert torch.equal(source_a, source_b)  # one shared mirroring
+        mirrored_somewhere |= not torch.equal(source_a, torch.arange(16.0))
+    assert mirrored_somewhere
+
+
+# ---------------------------------------------------------------- logger
+def test_semi_logger_logs_terms_and_appends_panel(tmp_path):
+    logger = SemiLocalLogger(LocalLogger(), ("loss_consistency",))
+    for epoch in range(2):
+        for key, value in (("mean_fg_dice", 0.5), ("ema_fg_dice", 0.5), ("dice_per_class_or_region", [0.5]),
+                           ("train_losses", 1.0), ("val_losses", 1.0), ("lrs", 0.01),
+                           ("epoch_start_timestamps", 0.0), ("epoch_end_timestamps", 1.0),
+                           ("loss_consistency", 0.1 * epoch)):
+            logger.log(key, value, epoch)
+    logger.plot_progress_png(str(tmp_path))
+    with Image.open(tmp_path / "progress.png") as png:
+        width, height = png.size
+    assert width == 3000 and height > 5400  # nnU-Net's 30x54 inch figure at 100 dpi plus our panel
+    restored = SemiLocalLogger(LocalLogger(), ("loss_consistency", "new_term"))
+    restored.load_checkpoint(logger.get_checkpoint())
+    assert restored.get_value("loss_consistency", None) == [0.0, 0.1]
+    assert restored.get_value("new_term", None) == []
