@@ -1,6 +1,7 @@
 """End to end through the unmodified nnU-Net commands: plan, train (our trainers), resume with --c, predict.
 
-These run real nnU-Net processes on tiny generated data (a few minutes on a CPU in total).
+These run real nnU-Net processes on tiny generated data (a few minutes on a CPU in total). The datasets are made
+and planned once per module (2d: converted PNG images; 3d_fullres: NIfTI volumes with two frames per subject).
 """
 from __future__ import annotations
 
@@ -34,13 +35,6 @@ class nnUNetTrainerMeanTeacher_resumable(nnUNetTrainerMeanTeacher):
 """
 
 
-def _env(folders: dict, ext_folder: Path | None = None) -> dict:
-    env = nnunet_environment({**os.environ, **{k: str(v) for k, v in folders.items()}})
-    if ext_folder is not None:  # a user's own trainer folder next to ours
-        env["nnUNet_extTrainer"] = os.pathsep.join((str(ext_folder), env["nnUNet_extTrainer"]))
-    return env
-
-
 def _run(command: list[str], env: dict, timeout: int = 900) -> str:
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -51,9 +45,63 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "nnunet_semi.cli", *args]
 
 
-def _checkpoint(results: Path, dataset: str, trainer: str, configuration: str, name: str) -> dict:
-    path = results / dataset / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0" / name
-    return torch.load(path, map_location="cpu", weights_only=False)
+class Workspace:
+    """nnU-Net folders and the environment of the nnU-Net processes that use them."""
+
+    def __init__(self, root: Path, ext_folder: Path | None = None):
+        self.root = root
+        self.folders = {name: root / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+        for path in self.folders.values():
+            path.mkdir(parents=True)
+        self.env = nnunet_environment({**os.environ, **{k: str(v) for k, v in self.folders.items()}})
+        if ext_folder is not None:  # a user's own trainer folder next to ours
+            self.env["nnUNet_extTrainer"] = os.pathsep.join((str(ext_folder), self.env["nnUNet_extTrainer"]))
+
+    def fold_dir(self, dataset: str, trainer: str, configuration: str) -> Path:
+        return self.folders["nnUNet_results"] / dataset / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+
+    def checkpoint(self, dataset: str, trainer: str, configuration: str, name="checkpoint_final.pth") -> dict:
+        path = self.fold_dir(dataset, trainer, configuration) / name
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    def train(self, dataset_id: int, configuration: str, trainer: str, *extra: str) -> None:
+        _run(["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", trainer, "-device", "cpu", *extra],
+             self.env)
+
+    def predict_test_set(self, dataset: str, dataset_id: int, configuration: str, trainer: str) -> tuple[Path, Path]:
+        images, out = self.folders["nnUNet_raw"] / dataset / "imagesTs", self.root / "predictions" / trainer
+        _run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", configuration,
+              "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], self.env)
+        return images, out
+
+
+@pytest.fixture(scope="module")
+def toy_2d(tmp_path_factory) -> Workspace:
+    """Dataset502_ToySemi6: 6 labeled, 13 unlabeled, 5 test PNG cases, planned by 'nnunet-semi plan'."""
+    root = tmp_path_factory.mktemp("e2e_2d")
+    ext = root / "my_trainers"
+    ext.mkdir()
+    (ext / "my_trainers.py").write_text(textwrap.dedent(RESUMABLE_TRAINER))
+    workspace = Workspace(root, ext)
+    images, masks = write_toy_2d_folders(root / "toy", num_cases=24, size=48)
+    _run(_cli("convert-2d", str(images), str(masks), "-o", "501", "-n", "Toy", "--mask-values", "--label-names",
+              "core", "rim"), workspace.env)
+    _run(_cli("make-semi", "501", "-o", "502", "--count", "6", "--test-fraction", "0.2"), workspace.env)
+    _run(_cli("plan", "502", "-c", "2d", "-np", "2", "-npfp", "2", "--verify_dataset_integrity"), workspace.env)
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def toy_3d(tmp_path_factory) -> Workspace:
+    """Dataset512_Toy3DSemi3: 3 labeled subjects (two frames each), the rest unlabeled or held out."""
+    workspace = Workspace(tmp_path_factory.mktemp("e2e_3d"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("nnUNet_raw", str(workspace.folders["nnUNet_raw"]))
+        write_toy_3d_dataset(511, num_subjects=8, frames=2, shape=(8, 24, 24))
+    _run(_cli("make-semi", "511", "-o", "512", "--count", "3", "--test-fraction", "0.15", "--group-regex",
+              r"subj\d+"), workspace.env)
+    _run(_cli("plan", "512", "-c", "3d_fullres", "-np", "2", "-npfp", "2"), workspace.env)
+    return workspace
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 600) -> None:
@@ -64,22 +112,17 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 600) -> No
         time.sleep(0.2)
 
 
-def test_2d_mean_teacher_trains_resumes_and_predicts(nnunet_folders, tmp_path):
-    ext = tmp_path / "my_trainers"
-    ext.mkdir()
-    (ext / "my_trainers.py").write_text(textwrap.dedent(RESUMABLE_TRAINER))
-    env = _env(nnunet_folders, ext)
-    images, masks = write_toy_2d_folders(tmp_path / "toy", num_cases=24, size=48)
-    _run(_cli("convert-2d", str(images), str(masks), "-o", "501", "-n", "Toy", "--mask-values", "--label-names",
-              "core", "rim"), env)
-    _run(_cli("make-semi", "501", "-o", "502", "--count", "6", "--test-fraction", "0.2"), env)
-    _run(_cli("plan", "502", "-c", "2d", "-np", "2", "-npfp", "2", "--verify_dataset_integrity"), env)
+def _assert_terms_logged(checkpoint: dict, terms: tuple[str, ...], epochs: int) -> None:
+    for term in terms:
+        assert len(checkpoint["logging"][term]) == epochs, term
 
+
+def test_2d_mean_teacher_trains_resumes_and_predicts(toy_2d):
     trainer, dataset = "nnUNetTrainerMeanTeacher_resumable", "Dataset502_ToySemi6"
-    fold_dir = nnunet_folders["nnUNet_results"] / dataset / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+    fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
     # interrupt a training after its first checkpoint (written atomically, so always complete)
-    process = subprocess.Popen(["nnUNetv2_train", "502", "2d", "0", "-tr", trainer, "-device", "cpu"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(["nnUNetv2_train", "502", "2d", "0", "-tr", trainer, "-device", "cpu"],
+                               env=toy_2d.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(fold_dir / "checkpoint_latest.pth", process)
     finally:
@@ -89,42 +132,48 @@ def test_2d_mean_teacher_trains_resumes_and_predicts(nnunet_folders, tmp_path):
     assert interrupted["current_epoch"] < 4 and not (fold_dir / "checkpoint_final.pth").exists()
     assert interrupted["semi_state"]["global_step"] == 3 * interrupted["current_epoch"]
 
-    _run(["nnUNetv2_train", "502", "2d", "0", "-tr", trainer, "-device", "cpu", "--c"], env)
-    final = _checkpoint(nnunet_folders["nnUNet_results"], dataset, trainer, "2d", "checkpoint_final.pth")
+    toy_2d.train(502, "2d", trainer, "--c")
+    final = toy_2d.checkpoint(dataset, trainer, "2d")
     assert final["trainer_name"] == trainer and final["current_epoch"] == 4
     assert final["semi_state"]["global_step"] == 4 * 3  # the step counter continued where it stopped
     assert set(final["semi_state"]["teacher"]) == set(final["network_weights"])
-    for term in ("loss_supervised", "loss_consistency", "consistency_weight", "train_losses"):
-        assert len(final["logging"][term]) == 4 and np.all(np.isfinite(final["logging"][term]))
+    _assert_terms_logged(final, ("loss_supervised", "loss_consistency", "consistency_weight", "train_losses"), 4)
+    assert np.all(np.isfinite(final["logging"]["loss_consistency"]))
     newest_log = max(fold_dir.glob("training_log_*.txt"), key=os.path.getmtime).read_text()
     assert f"Epoch {interrupted['current_epoch']}" in newest_log and "Epoch 0\n" not in newest_log
     summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
     assert 0 <= summary["foreground_mean"]["Dice"] <= 1
 
-    test_images = nnunet_folders["nnUNet_raw"] / dataset / "imagesTs"
-    out = tmp_path / "predictions"
-    _run(["nnUNetv2_predict", "-i", str(test_images), "-o", str(out), "-d", "502", "-c", "2d", "-f", "0", "-tr",
-          trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], env)
-    predicted = sorted(out.glob("*.png"))
-    assert len(predicted) == len(list(test_images.glob("*.png"))) > 0
+    images, predictions = toy_2d.predict_test_set(dataset, 502, "2d", trainer)
+    predicted = sorted(predictions.glob("*.png"))
+    assert len(predicted) == len(list(images.glob("*.png"))) > 0
     assert set(np.unique(np.asarray(Image.open(predicted[0])))) <= {0, 1, 2}
 
 
-def test_3d_fullres_mean_teacher_trains_and_predicts(nnunet_folders, tmp_path):
-    env = _env(nnunet_folders)
-    write_toy_3d_dataset(511, num_subjects=8, frames=2, shape=(8, 24, 24))
-    _run(_cli("make-semi", "511", "-o", "512", "--count", "3", "--test-fraction", "0.15", "--group-regex",
-              r"subj\d+"), env)
-    _run(_cli("plan", "512", "-c", "3d_fullres", "-np", "2", "-npfp", "2"), env)
-    trainer = "nnUNetTrainerMeanTeacher_2epochs_3its"
-    _run(["nnUNetv2_train", "512", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env)
-    final = _checkpoint(nnunet_folders["nnUNet_results"], "Dataset512_Toy3DSemi3", trainer, "3d_fullres",
-                        "checkpoint_final.pth")
-    assert final["semi_state"]["global_step"] == 6
-    assert len(final["logging"]["loss_consistency"]) == 2
+def test_2d_sra_seg_both_phases_and_predicts(toy_2d):
+    trainer, dataset = "nnUNetTrainerSRASeg_effnetSA_3epochs_4its", "Dataset502_ToySemi6"
+    toy_2d.train(502, "2d", trainer)
+    final = toy_2d.checkpoint(dataset, trainer, "2d")
+    _assert_terms_logged(final, ("loss_seg", "loss_sa", "domain_gap"), 3)
+    logging = final["logging"]
+    assert np.isnan(logging["loss_sa"][0])  # epoch 0 holds the warm-up (2 of 12 steps): no SA there
+    assert np.isfinite(logging["loss_sa"][-1]) and logging["loss_sa"][-1] > 0  # semi-supervised phase with SA
+    assert np.isfinite(logging["domain_gap"][-1]) and logging["domain_gap"][-1] > 0
+    assert final["semi_state"]["global_step"] == 12 and "teacher" in final["semi_state"]
+    log = max(toy_2d.fold_dir(dataset, trainer, "2d").glob("training_log_*.txt"), key=os.path.getmtime).read_text()
+    assert "Warm-up done after 2 iterations" in log and "SA feature extractor: efficientnet_lite0" in log
+    images, predictions = toy_2d.predict_test_set(dataset, 502, "2d", trainer)
+    assert len(list(predictions.glob("*.png"))) == len(list(images.glob("*.png")))
 
-    test_images = nnunet_folders["nnUNet_raw"] / "Dataset512_Toy3DSemi3" / "imagesTs"
-    out = tmp_path / "predictions"
-    _run(["nnUNetv2_predict", "-i", str(test_images), "-o", str(out), "-d", "512", "-c", "3d_fullres", "-f", "0",
-          "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], env)
-    assert len(list(out.glob("*.nii.gz"))) == len(list(test_images.glob("*.nii.gz"))) > 0
+
+def test_3d_fullres_mean_teacher_and_sra_seg_train_and_predict(toy_3d):
+    dataset = "Dataset512_Toy3DSemi3"
+    for trainer, terms in (("nnUNetTrainerMeanTeacher_2epochs_3its", ("loss_consistency",)),
+                           ("nnUNetTrainerSRASeg_effnetSA_2epochs_3its", ("loss_seg", "loss_sa", "domain_gap"))):
+        toy_3d.train(512, "3d_fullres", trainer)
+        final = toy_3d.checkpoint(dataset, trainer, "3d_fullres")
+        assert final["semi_state"]["global_step"] == 6
+        _assert_terms_logged(final, terms, 2)
+        assert np.isfinite(final["logging"][terms[0]][-1])
+        images, predictions = toy_3d.predict_test_set(dataset, 512, "3d_fullres", trainer)
+        assert len(list(predictions.glob("*.nii.gz"))) == len(list(images.glob("*.nii.gz"))) > 0

@@ -30,6 +30,27 @@ from nnunet_semi.core.unlabeled import (
 Batch = dict[str, torch.Tensor | list[torch.Tensor]]
 
 
+def split_batch_outputs(outputs, n: int):
+    """Network outputs for a concatenated batch -> (first n samples, the rest), per deep-supervision scale."""
+    if isinstance(outputs, (list, tuple)):
+        return [o[:n] for o in outputs], [o[n:] for o in outputs]
+    return outputs[:n], outputs[n:]
+
+
+def full_resolution(outputs_or_targets):
+    """The full-resolution entry of nnU-Net outputs or targets (the first one under deep supervision)."""
+    return outputs_or_targets[0] if isinstance(outputs_or_targets, (list, tuple)) else outputs_or_targets
+
+
+def mean_over_workers(values) -> float:
+    """Mean of per-step values over all DDP workers (as nnU-Net averages its train loss), or locally."""
+    if dist.is_available() and dist.is_initialized():
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, np.asarray(values))
+        values = np.concatenate([np.ravel(v) for v in gathered])
+    return float(np.mean(values))
+
+
 class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     """nnU-Net's trainer with unlabeled data; subclasses implement :meth:`compute_train_losses`.
 
@@ -146,8 +167,13 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
             self._use_dense_labels_if_possible()
         super().initialize()
         if self.ema_decay is not None:
-            self.teacher = EMATeacher(self.network, self.ema_decay)
-            self.teacher.module.decoder.deep_supervision = False
+            self.teacher = self.new_teacher()
+
+    def new_teacher(self) -> EMATeacher:
+        """An EMA teacher initialised from the current student, returning full-resolution logits only."""
+        teacher = EMATeacher(self.network, self.ema_decay)
+        teacher.module.decoder.deep_supervision = False
+        return teacher
 
     def autocast(self):
         """nnU-Net's mixed-precision policy: autocast on CUDA only."""
@@ -164,11 +190,9 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         Returns the labeled outputs in nnU-Net's format (a list over deep-supervision scales if enabled) and the
         full-resolution logits of the unlabeled batch.
         """
-        outputs = self.network(torch.cat((labeled, unlabeled)))
-        n = labeled.shape[0]
-        if isinstance(outputs, (list, tuple)):
-            return [o[:n] for o in outputs], outputs[0][n:]
-        return outputs[:n], outputs[n:]
+        labeled_outputs, unlabeled_outputs = split_batch_outputs(self.network(torch.cat((labeled, unlabeled))),
+                                                                 labeled.shape[0])
+        return labeled_outputs, full_resolution(unlabeled_outputs)
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """The step's losses from a labeled batch (``data``, ``target`` as nnU-Net gives them) and the unlabeled
@@ -185,10 +209,14 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
             terms = self.compute_train_losses(labeled, unlabeled)
         self._backward_and_step(terms["loss"])
         self.global_step += 1
-        if self.teacher is not None:
-            self.teacher.update(self.network, self.global_step)
+        self.after_optimizer_step()
         return {k: np.asarray(v.detach().float().cpu() if torch.is_tensor(v) else v, dtype=np.float32)
                 for k, v in terms.items()}
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimiser step (``global_step`` already counts it): updates the EMA teacher."""
+        if self.teacher is not None:
+            self.teacher.update(self.network, self.global_step)
 
     def _backward_and_step(self, loss: torch.Tensor) -> None:
         """nnU-Net's update: (scaled) backward, gradient clipping at 12, optimiser step."""
@@ -210,14 +238,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         super().on_train_epoch_end(train_outputs)
         outputs = collate_outputs(train_outputs)
         for term in self.train_terms:
-            self.logger.log(term, self._mean_over_workers(outputs[term]), self.current_epoch)
-
-    def _mean_over_workers(self, values) -> float:
-        if self.is_ddp:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, values)
-            values = np.concatenate([np.ravel(v) for v in gathered])
-        return float(np.mean(values))
+            self.logger.log(term, mean_over_workers(outputs[term]), self.current_epoch)
 
     def on_epoch_end(self):
         if self.train_terms:

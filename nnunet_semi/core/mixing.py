@@ -1,0 +1,43 @@
+"""Copy-paste mixing with soft edges (bidirectional copy-paste, Bai et al. CVPR 2023; soft edges from SRA-Seg)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def box_hole_mask(batch_size: int, spatial_shape: tuple[int, ...], hole_fraction: float = 2 / 3,
+                  device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 1, *spatial) float mask: 0 inside a box covering ``hole_fraction`` of every spatial dimension at a
+    uniformly random position (one per sample), 1 outside."""
+    mask = torch.ones((batch_size, 1, *spatial_shape), device=device)
+    for b in range(batch_size):
+        box = []
+        for size in spatial_shape:
+            hole = int(size * hole_fraction)
+            start = int(torch.randint(0, size - hole + 1, (1,), generator=generator))
+            box.append(slice(start, start + hole))
+        mask[(b, 0, *box)] = 0
+    return mask
+
+
+def soften_edges(mask: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
+    """Blur a (B, 1, *spatial) mask with a ``kernel_size``^d average pool (SRA-Seg's soft edge blending).
+
+    ``count_include_pad=False`` averages only voxels inside the patch, so the patch border is not darkened.
+    """
+    pool = _AVG_POOL[mask.ndim - 2]
+    return pool(mask, kernel_size, stride=1, padding=kernel_size // 2, count_include_pad=False)
+
+
+def soft_box_mask(batch_size: int, spatial_shape: tuple[int, ...], hole_fraction: float = 2 / 3,
+                  kernel_size: int = 3, device: torch.device | str = "cpu",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """alpha in [0, 1]: ~0 inside a random box hole, 1 outside, soft at the hole's edge."""
+    return soften_edges(box_hole_mask(batch_size, spatial_shape, hole_fraction, device, generator), kernel_size)
+
+
+def blend(outside: torch.Tensor, inside: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """alpha * outside + (1 - alpha) * inside, for images and (soft) label maps alike."""
+    return alpha * outside + (1 - alpha) * inside

@@ -1,0 +1,31 @@
+"""Pseudo-labels from teacher predictions."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+
+def largest_component_per_class(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Keep, for every foreground class, only its largest connected component (full connectivity); voxels of
+    dropped components become background. A class without any voxel stays empty."""
+    structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
+    filtered = np.zeros_like(labels)
+    for c in range(1, num_classes):
+        components, count = ndimage.label(labels == c, structure=structure)
+        if count == 0:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        filtered[components == 1 + int(np.argmax(sizes))] = c
+    return filtered
+
+
+def filtered_hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) logits -> (B, C, *spatial) one-hot pseudo-labels: argmax, then the largest connected
+    component per class and sample (2D components for 2D patches, 3D components for 3D patches)."""
+    num_classes = logits.shape[1]
+    hard = logits.argmax(1).cpu().numpy()
+    filtered = np.stack([largest_component_per_class(sample, num_classes) for sample in hard])
+    one_hot = F.one_hot(torch.from_numpy(filtered).long().to(logits.device), num_classes)
+    return one_hot.movedim(-1, 1).float()

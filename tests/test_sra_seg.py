@@ -1,0 +1,169 @@
+"""SRA-Seg building blocks against hand-computed values: soft losses, soft-edged mixing, pseudo-label filtering,
+similarity alignment (value and gradient), feature extractors."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from torch import nn
+
+from nnunet_semi.core.feature_extractors import (
+    DINOV2_WEIGHTS_VARIABLE,
+    load_efficientnet_lite0,
+    load_feature_extractor,
+    patches_to_rgb,
+)
+from nnunet_semi.core.losses import SoftDiceCELoss, soft_cross_entropy, soft_dice_loss, soft_targets_for_outputs
+from nnunet_semi.core.mixing import blend, box_hole_mask, soft_box_mask, soften_edges
+from nnunet_semi.core.pseudo_labels import filtered_hard_pseudo_labels, largest_component_per_class
+from nnunet_semi.errors import UserError
+from nnunet_semi.trainers.sra_seg import (
+    nearest_real_distances,
+    pooled_bottleneck_features,
+    similarity_alignment_loss,
+)
+
+# two pixels, two classes: softmax(logits) = [[0.5, 0.5], [0.25, 0.75]] per pixel (class 0, class 1)
+LOGITS = torch.tensor([[[[0.0, 0.0]], [[0.0, math.log(3)]]]])  # (B=1, C=2, 1, 2)
+TARGET = torch.tensor([[[[1.0, 0.4]], [[0.0, 0.6]]]])
+
+
+def test_soft_dice_hand_value():
+    dice_0 = 2 * (0.5 * 1 + 0.25 * 0.4) / (0.5 + 0.25 + 1 + 0.4)
+    dice_1 = 2 * (0.5 * 0 + 0.75 * 0.6) / (0.5 + 0.75 + 0 + 0.6)
+    assert soft_dice_loss(LOGITS, TARGET, smooth=0).item() == pytest.approx(1 - (dice_0 + dice_1) / 2, abs=1e-6)
+    hard = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+    assert soft_dice_loss(hard * 100, hard, smooth=0).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_soft_cross_entropy_hand_value():
+    expected = -0.5 * (1 * math.log(0.5) + 0.4 * math.log(0.25) + 0.6 * math.log(0.75))
+    assert soft_cross_entropy(LOGITS, TARGET).item() == pytest.approx(expected, abs=1e-6)
+    assert SoftDiceCELoss()(LOGITS, TARGET).item() == pytest.approx(
+        soft_dice_loss(LOGITS, TARGET).item() + expected, abs=1e-6)
+
+
+def test_soft_targets_are_averaged_to_deep_supervision_scales():
+    target = torch.zeros(1, 2, 4, 4)
+    target[:, 1, :2, :2] = 1.0
+    target[:, 1, 0, 2] = 1.0  # one voxel of class 1 in the top-right 2x2 block
+    target[:, 0] = 1 - target[:, 1]
+    outputs = [torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 2, 2)]
+    full, low = soft_targets_for_outputs(target, outputs)
+    assert torch.equal(full, target)
+    assert low[0, 1].tolist() == [[1.0, 0.25], [0.0, 0.0]]  # averages, not nearest samples
+    assert torch.allclose(low.sum(1), torch.ones(1, 2, 2))
+
+
+def test_blurred_box_mask():
+    generator = torch.Generator().manual_seed(0)
+    hard = box_hole_mask(3, (9, 12), 2 / 3, generator=generator)
+    assert hard.shape == (3, 1, 9, 12)
+    assert [(m == 0).sum().item() for m in hard] == [6 * 8] * 3  # the hole covers 2/3 of each dimension
+    assert torch.equal(soften_edges(torch.ones(1, 1, 5, 5)), torch.ones(1, 1, 5, 5))  # border not darkened
+    mask = torch.ones(1, 1, 5, 5)
+    mask[0, 0, 2:, 2:] = 0
+    blurred = soften_edges(mask)
+    assert blurred[0, 0, 1, 1] == pytest.approx(8 / 9)  # one hole voxel among nine neighbours
+    assert blurred[0, 0, 0, 0] == 1.0 and blurred[0, 0, 4, 4] == 0.0  # corners: 4 neighbours, none/all holes
+    assert blurred[0, 0, 1, 4] == pytest.approx(4 / 6)  # border pixel: averages 6 in-patch voxels only
+    soft = soft_box_mask(2, (8, 8, 8))
+    assert soft.shape == (2, 1, 8, 8, 8) and soft.min() >= 0 and soft.max() <= 1
+    assert (soft < 0.5).any() and (soft == 1).any()  # 3D works: a hole and untouched voxels
+
+
+def test_mixtures_and_labels_pixel_example():
+    alpha = torch.tensor(0.6)
+    assert blend(torch.tensor(100.0), torch.tensor(50.0), alpha).item() == pytest.approx(80.0)  # 0.6*100 + 0.4*50
+    assert blend(torch.tensor(50.0), torch.tensor(100.0), alpha).item() == pytest.approx(70.0)  # the other direction
+    pseudo, label = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])
+    assert blend(pseudo, label, alpha).tolist() == pytest.approx([0.4, 0.6])  # L1 = a L_pseudo + (1-a) L_lab
+    assert blend(label, pseudo, alpha).tolist() == pytest.approx([0.6, 0.4])  # L2 = a L_lab + (1-a) L_pseudo
+
+
+def test_largest_component_2d_and_3d():
+    labels = np.array([[1, 1, 0, 1],
+                       [0, 0, 0, 0],
+                       [2, 0, 2, 2],
+                       [0, 0, 2, 0]])
+    assert largest_component_per_class(labels, 4).tolist() == [[1, 1, 0, 0],
+                                                                [0, 0, 0, 0],
+                                                                [0, 0, 2, 2],
+                                                                [0, 0, 2, 0]]
+    volume = np.zeros((4, 4, 4), int)
+    volume[0, 0, 0] = volume[1, 1, 1] = volume[2, 2, 2] = 1  # diagonal neighbours: one 3D component
+    volume[0, 3, 3] = 1  # isolated
+    filtered = largest_component_per_class(volume, 2)
+    assert filtered.sum() == 3 and filtered[0, 3, 3] == 0
+    logits = torch.zeros(1, 3, 2, 4)
+    logits[0, 1, 0, 0] = logits[0, 1, 0, 2] = logits[0, 1, 0, 3] = 5  # class 1: components of size 1 and 2
+    one_hot = filtered_hard_pseudo_labels(logits)
+    assert one_hot.shape == (1, 3, 2, 4) and torch.all(one_hot.sum(1) == 1)
+    assert one_hot[0, 1].tolist() == [[0, 0, 1, 1], [0, 0, 0, 0]] and one_hot[0, 2].sum() == 0
+
+
+def test_similarity_alignment_value_and_matching():
+    synthetic = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+    real = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    distance, nearest = nearest_real_distances(synthetic, real)
+    assert nearest.tolist() == [1, 1]
+    assert distance.tolist() == pytest.approx([math.sqrt(9 + 9), 1.0])
+    # normalised: [0.6, 0.8] vs [0, 1] and [0, 1] vs [0, 1]
+    loss = similarity_alignment_loss(synthetic, real, nearest)
+    assert loss.item() == pytest.approx((math.sqrt(0.36 + 0.04) + 0.0) / 2, abs=1e-6)
+
+
+def test_similarity_alignment_gradient_reaches_segmentation_network():
+    torch.manual_seed(0)
+    network = PlainConvUNet(1, 3, (8, 16, 32), nn.Conv2d, 3, (1, 2, 2), 2, 2, (2, 2),
+                            norm_op=nn.InstanceNorm2d, norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU,
+                            deep_supervision=True)
+    x_real, x_synthetic = torch.randn(2, 1, 16, 16), torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        real = pooled_bottleneck_features(network, x_real)
+    synthetic = pooled_bottleneck_features(network, x_synthetic)
+    assert synthetic.shape == (3, 32)
+    loss = similarity_alignment_loss(synthetic, real, torch.tensor([0, 1, 0]))
+    loss.backward()
+    encoder_grads = [p.grad for p in network.encoder.parameters() if p.grad is not None]
+    assert loss.item() > 0 and encoder_grads and sum(g.abs().sum() for g in encoder_grads) > 0
+
+
+def test_patches_to_rgb_handles_grey_rgb_and_3d():
+    grey = torch.randn(2, 1, 8, 8) * 5
+    rgb = patches_to_rgb(grey)
+    assert rgb.shape == (2, 3, 8, 8) and rgb.min() == 0 and rgb.max() == 1
+    assert patches_to_rgb(torch.randn(2, 3, 4, 8, 8)).shape == (2, 3, 8, 8)  # central slice of 3D patches
+
+
+def test_efficientnet_lite0_extractor_embeds_patches():
+    extractor = load_efficientnet_lite0()
+    features = extractor(torch.randn(2, 1, 32, 32))
+    assert features.shape == (2, 1280) and not features.requires_grad
+    extractor.train()
+    assert not extractor.backbone.training  # stays frozen
+
+
+def test_missing_dinov2_weights_give_instructions(monkeypatch, tmp_path):
+    monkeypatch.setenv(DINOV2_WEIGHTS_VARIABLE, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(UserError, match="nnUNetTrainerSRASeg_effnetSA"):
+        load_feature_extractor("dinov2")
+    monkeypatch.delenv(DINOV2_WEIGHTS_VARIABLE)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    with pytest.raises(UserError, match=DINOV2_WEIGHTS_VARIABLE):
+        load_feature_extractor("dinov2")
+    assert load_feature_extractor("auto").name == "efficientnet_lite0"  # documented fallback
+    assert load_feature_extractor("none") is None
+
+
+def test_dinov2_loads_from_a_local_weights_file(monkeypatch, tmp_path):
+    import timm
+    stand_in = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0)  # 518 px, random
+    torch.save(stand_in.state_dict(), tmp_path / "dinov2.pth")
+    monkeypatch.setenv(DINOV2_WEIGHTS_VARIABLE, str(tmp_path / "dinov2.pth"))
+    extractor = load_feature_extractor("auto")
+    assert extractor.name == "dinov2_vitb14"
+    assert extractor(torch.randn(2, 1, 40, 40)).shape == (2, 768)  # positions resampled to 224 px
