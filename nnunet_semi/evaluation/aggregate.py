@@ -1,0 +1,79 @@
+"""From per-case metrics to the numbers of a table: per-fold means, then mean +- std over folds.
+
+Per fold, a class's value is the mean over the fold's cases, skipping NaN (nnU-Net's ``mean`` in summary.json), and
+the ``mean`` pseudo-class is the mean of the class values (nnU-Net's ``foreground_mean``), so a fold's mean Dice is
+exactly what nnU-Net prints for it. Over folds (or over test-set runs, e.g. one per fold model), the table shows the
+mean and the sample standard deviation (n - 1) of the per-fold values.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnunet_semi.evaluation.folders import FoldMetrics
+
+MEAN = "mean"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One metric of one class over folds."""
+    mean: float
+    std: float  # sample standard deviation over folds; NaN with a single fold
+    per_fold: dict[str, float]
+
+
+Summary = dict[str, dict[str, Stat]]  # class name (and "mean") -> metric -> Stat
+
+
+def _nanmean(values) -> float:
+    with warnings.catch_warnings():  # an all-NaN slice is a legitimate "undefined" here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(np.asarray(values, dtype=float))) if len(values) else math.nan
+
+
+def fold_means(fold: FoldMetrics) -> dict[str, dict[str, float]]:
+    """``{class: {metric: mean over cases}}`` plus ``{"mean": {metric: mean over classes}}`` for one fold."""
+    cases = list(fold.values())
+    if not cases:
+        return {}
+    classes = list(cases[0])
+    metrics = list(cases[0][classes[0]])
+    means = {c: {m: _nanmean([case[c][m] for case in cases]) for m in metrics} for c in classes}
+    means[MEAN] = {m: float(np.mean([means[c][m] for c in classes])) for m in metrics}
+    return means
+
+
+def summarize(runs: Mapping[int | str, FoldMetrics]) -> Summary:
+    """Mean and std over folds (``runs`` maps fold -> per-case metrics) of every class and metric."""
+    per_fold = {str(fold): fold_means(metrics) for fold, metrics in runs.items()}
+    per_fold = {fold: means for fold, means in per_fold.items() if means}
+    if not per_fold:
+        return {}
+    first = next(iter(per_fold.values()))
+    summary: Summary = {}
+    for cls, metrics in first.items():
+        summary[cls] = {}
+        for metric in metrics:
+            values = {fold: means[cls][metric] for fold, means in per_fold.items()}
+            array = np.asarray(list(values.values()), dtype=float)
+            summary[cls][metric] = Stat(mean=float(np.mean(array)),
+                                        std=float(np.std(array, ddof=1)) if len(array) > 1 else math.nan,
+                                        per_fold=values)
+    return summary
+
+
+def gap_closed(method_dice: float, reference_dice: float, upper_bound_dice: float) -> float:
+    """Fraction of the reference-to-upper-bound Dice gap a method closes: (method - ref) / (upper - ref).
+
+    0 means no better than vanilla nnU-Net on the labeled cases, 1 means as good as nnU-Net with all labels; NaN
+    when the gap is zero or a value is missing.
+    """
+    gap = upper_bound_dice - reference_dice
+    if not math.isfinite(gap) or gap == 0 or not math.isfinite(method_dice):
+        return math.nan
+    return (method_dice - reference_dice) / gap
