@@ -12,6 +12,7 @@ from nnunet_semi.errors import UserError
 
 COMMAND_MODULES = (
     "nnunet_semi.env",
+    "nnunet_semi.planners.nnunet_converters",
     "nnunet_semi.planners.convert_2d",
     "nnunet_semi.planners.make_semi",
     "nnunet_semi.planners.splits",

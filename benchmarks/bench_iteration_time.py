@@ -1,0 +1,144 @@
+"""Time per training iteration of semi-supervised trainers relative to vanilla nnU-Net, measured in one run.
+
+For each trainer, the real nnU-Net trainer is built from the dataset's plans (same plans and batch size for all:
+vanilla trains on the labeled-only twin, the others on the semi-supervised dataset), its data loaders are started
+exactly as in nnUNetv2_train, and ``train_step`` is timed over a number of iterations after a warm-up. Time spent
+waiting for the labeled and the unlabeled loaders is measured separately, so a loader that starves the device
+shows up as a wait fraction.
+
+    python benchmarks/bench_iteration_time.py                      # self-contained: toy 2D data at 128x128
+    python benchmarks/bench_iteration_time.py --dataset 101 -c 2d  # a semi dataset made by make-semi + plan
+
+Prints a table and writes it as JSON next to ``--output`` (default benchmarks/results/iteration_time.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunet_semi.env import register_ext_trainers
+
+VANILLA = "nnUNetTrainer"
+
+
+class TimedIterator:
+    """Wraps a data loader; accumulates the time spent waiting in ``next``."""
+
+    def __init__(self, loader):
+        self.loader, self.waited = loader, 0.0
+
+    def __next__(self):
+        start = time.perf_counter()
+        batch = next(self.loader)
+        self.waited += time.perf_counter() - start
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+def _toy_semi_dataset(workdir: Path, size: int, num_cases: int) -> str:
+    """Convert, split and plan a toy 2D dataset inside ``workdir``; returns the semi-supervised dataset name."""
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed"):
+        os.environ[variable] = str(workdir / variable)
+        (workdir / variable).mkdir(parents=True)
+    from nnunet_semi.planners.convert_2d import convert_2d_dataset
+    from nnunet_semi.planners.make_semi import make_semi_supervised_datasets
+    from nnunet_semi.planners.plan import plan_semi_supervised
+    from nnunet_semi.toy_data import write_toy_2d_folders
+    images, masks = write_toy_2d_folders(workdir / "toy", num_cases, size)
+    source = convert_2d_dataset(str(images), str(masks), 801, "BenchToy", ["core", "rim"], threshold=None)
+    names = make_semi_supervised_datasets(source, 802, dict(seed=0, fraction=0.25))
+    plan_semi_supervised(names["semi"], ["2d"], num_processes=2, fingerprint_processes=2)
+    return names["semi"]
+
+
+def time_trainer(trainer_name: str, dataset: str, configuration: str, device: torch.device, iterations: int,
+                 warmup: int) -> dict:
+    from nnunetv2.run.run_training import get_trainer_from_args
+    trainer = get_trainer_from_args(dataset, configuration, 0, trainer_name, device=device)
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    labeled = TimedIterator(trainer.dataloader_train)
+    unlabeled = getattr(trainer, "dataloader_unlabeled", None)
+    if unlabeled is not None:
+        unlabeled = trainer.dataloader_unlabeled = TimedIterator(unlabeled)
+    for _ in range(warmup):
+        trainer.train_step(next(labeled))
+    labeled.waited = 0.0
+    if unlabeled is not None:
+        unlabeled.waited = 0.0
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iterations):
+        trainer.train_step(next(labeled))
+    _synchronize(device)
+    seconds = (time.perf_counter() - start) / iterations
+    waited = (labeled.waited + (unlabeled.waited if unlabeled is not None else 0.0)) / iterations
+    for loader in (trainer.dataloader_train, trainer.dataloader_val, getattr(unlabeled, "loader", None)):
+        if hasattr(loader, "_finish"):
+            loader._finish()
+    return {"trainer": trainer_name, "dataset": dataset, "batch_size": trainer.batch_size,
+            "unlabeled_batch_size": getattr(trainer, "unlabeled_batch_size", 0),
+            "seconds_per_iteration": seconds, "data_wait_fraction": waited / seconds}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", help="semi-supervised dataset made by make-semi and planned (default: toy)")
+    parser.add_argument("-c", "--configuration", default="2d")
+    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainerMeanTeacher"])
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--toy-size", type=int, default=128, help="image size of the toy dataset")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", default="benchmarks/results/iteration_time.json")
+    args = parser.parse_args(argv)
+
+    register_ext_trainers()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(multiprocessing.cpu_count())  # as nnUNetv2_train -device cpu does
+    with tempfile.TemporaryDirectory() as tmp:
+        semi = args.dataset or _toy_semi_dataset(Path(tmp), args.toy_size, num_cases=80)
+        os.environ["nnUNet_results"] = str(Path(tmp) / "benchmark_results")  # never write into real results
+        from nnunet_semi.planners.plan import related_datasets
+        from nnunet_semi.planners.raw import resolve_dataset
+        semi = resolve_dataset(semi)
+        twin, _ = related_datasets(semi)
+        rows = [time_trainer(VANILLA, twin, args.configuration, device, args.iterations, args.warmup)]
+        rows += [time_trainer(t, semi, args.configuration, device, args.iterations, args.warmup)
+                 for t in args.trainers]
+    vanilla = rows[0]["seconds_per_iteration"]
+    print(f"\nTraining iteration time on {args.device} ({args.configuration}, {args.iterations} iterations after "
+          f"{args.warmup} warm-up, torch {torch.__version__}):")
+    print(f"| {'trainer':<28} | labeled batch | unlabeled batch | s / iteration | vs vanilla | waiting for data |")
+    print("|" + "-" * 30 + "|---------------|-----------------|---------------|------------|------------------|")
+    for row in rows:
+        row["ratio_to_vanilla"] = row["seconds_per_iteration"] / vanilla
+        print(f"| {row['trainer']:<28} | {row['batch_size']:>13} | {row['unlabeled_batch_size']:>15} | "
+              f"{row['seconds_per_iteration']:>13.3f} | {row['ratio_to_vanilla']:>9.2f}x | "
+              f"{100 * row['data_wait_fraction']:>15.1f}% |")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"device": args.device, "configuration": args.configuration, "rows": rows},
+                                 indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
