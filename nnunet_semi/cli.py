@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "nnunet_semi.planners.plan",
     "nnunet_semi.demo",
     "nnunet_semi.evaluation.cli",
+    "nnunet_semi.evaluation.benchmark",
     "nnunet_semi.synthesis.cli",
 )
 

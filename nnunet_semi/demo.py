@@ -1,9 +1,10 @@
 """``nnunet-semi demo``: the whole semi-supervised workflow on a tiny generated dataset, in a few CPU minutes.
 
-Generates 2D images with masks, converts them to an nnU-Net dataset, keeps labels for a few cases only, plans
-the labeled-only twin and preprocesses all datasets with its plans, then trains with the unmodified nnU-Net
-commands vanilla nnU-Net on the labeled cases, Mean Teacher on labeled + unlabeled cases and vanilla nnU-Net on
-all labels (upper bound), predicts the held-out test set with ``nnUNetv2_predict`` and prints a Dice table.
+A user's day, on toy data: 2D images with masks are converted to an nnU-Net dataset (``convert-2d``), a few cases
+keep their labels and the rest become unlabeled, with a held-out test set (``make-semi``), the labeled-only twin is
+planned and every dataset preprocessed with its plans (``plan``), then ``benchmark`` trains, with the unmodified
+``nnUNetv2_train``, vanilla nnU-Net on the labeled cases, Mean Teacher on labeled + unlabeled cases and vanilla
+nnU-Net on all labels (upper bound), predicts the test set with ``nnUNetv2_predict`` and writes a report.
 Everything lives in its own folder (its own nnUNet_raw / _preprocessed / _results), so nothing of yours is touched.
 """
 from __future__ import annotations
@@ -15,8 +16,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 from nnunet_semi.env import nnunet_environment
 from nnunet_semi.errors import UserError
@@ -35,16 +34,15 @@ def _prepare_workdir(workdir: Path) -> None:
 
 
 def _use_demo_folders(workdir: Path) -> None:
-    for variable, sub in (("nnUNet_raw", "nnUNet_raw"), ("nnUNet_preprocessed", "nnUNet_preprocessed"),
-                          ("nnUNet_results", "nnUNet_results")):
-        os.environ[variable] = str(workdir / sub)
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[variable] = str(workdir / variable)
     os.environ.update(nnunet_environment())
 
 
 def _step(title: str, command: list[str], log_dir: Path) -> None:
-    """Run one command quietly; its output goes to a log file, shown only if it fails."""
-    log = log_dir / f"{len(list(log_dir.iterdir())):02d}_{command[0].replace('-', '_')}.log"
-    print(f"  {title:<58}", end="", flush=True)
+    """Run one command; its output goes to a log file and is shown only if it fails."""
+    log = log_dir / f"{len(list(log_dir.iterdir())):02d}_{title.split(':')[0]}.log"
+    print(f"  {title:<62}", end="", flush=True)
     start = time.time()
     with open(log, "w") as f:
         f.write(" ".join(command) + "\n\n")
@@ -57,15 +55,9 @@ def _step(title: str, command: list[str], log_dir: Path) -> None:
     print(f"{time.time() - start:6.1f} s")
 
 
-def _dice_per_class(summary_file: Path) -> dict[str, float]:
-    import json
-    summary = json.loads(summary_file.read_text())
-    return {label: values["Dice"] for label, values in summary["mean"].items()}
-
-
 def run_demo(workdir: str | Path, num_epochs: int = 4, iterations_per_epoch: int = 25, num_cases: int = 60,
-             num_labeled: int = 8) -> dict[str, dict[str, float]]:
-    """Run every step; returns test-set Dice per label for each trained model."""
+             num_labeled: int = 6) -> Path:
+    """Run every step; returns the folder of the benchmark report."""
     from nnunet_semi.toy_data import write_toy_2d_folders
 
     workdir = Path(workdir).resolve()
@@ -73,50 +65,27 @@ def run_demo(workdir: str | Path, num_epochs: int = 4, iterations_per_epoch: int
     _use_demo_folders(workdir)
     logs = workdir / "logs"
     logs.mkdir()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    budget = f"_{num_epochs}epochs_{iterations_per_epoch}its"
-    print(f"nnunet-semi demo in {workdir} ({device}; logs in {logs})")
-
+    print(f"nnunet-semi demo in {workdir} (logs of every step in {logs})")
     images, masks = write_toy_2d_folders(workdir / "toy_data", num_cases)
-    semi = "nnunet-semi"
-    _step("convert 2D images + masks -> raw dataset", [semi, "convert-2d", str(images), str(masks), "-o",
-          str(SOURCE_ID), "-n", "Toy2D", "--mask-values", "--label-names", "core", "rim"], logs)
-    _step(f"make-semi: {num_labeled} labeled cases, rest unlabeled, 20% test",
-          [semi, "make-semi", str(SOURCE_ID), "-o", str(SEMI_ID), "--twin-id", str(TWIN_ID), "--full-id",
+    semi = [sys.executable, "-m", "nnunet_semi.cli"]
+    _step("convert-2d: 2D images + masks -> raw nnU-Net dataset",
+          [*semi, "convert-2d", str(images), str(masks), "-o", str(SOURCE_ID), "-n", "Toy2D", "--mask-values",
+           "--label-names", "core", "rim"], logs)
+    _step(f"make-semi: {num_labeled} labeled, the rest unlabeled, 20% test",
+          [*semi, "make-semi", str(SOURCE_ID), "-o", str(SEMI_ID), "--twin-id", str(TWIN_ID), "--full-id",
            str(FULL_ID), "--count", str(num_labeled), "--test-fraction", "0.2", "--name", "Toy2DSemi"], logs)
-    _step("plan labeled twin, preprocess all with its plans",
-          [semi, "plan", str(SEMI_ID), "-c", "2d", "-np", "2", "-npfp", "2", "--verify_dataset_integrity"], logs)
-
-    runs = {"vanilla nnU-Net (labeled only)": (TWIN_ID, "nnUNetTrainer" + budget),
-            "Mean Teacher (labeled + unlabeled)": (SEMI_ID, "nnUNetTrainerMeanTeacher" + budget),
-            "vanilla nnU-Net (all labels)": (FULL_ID, "nnUNetTrainer" + budget)}
-    test_images = workdir / "nnUNet_raw" / "Dataset902_Toy2DSemi" / "imagesTs"
-    test_labels = workdir / "nnUNet_raw" / "Dataset902_Toy2DSemi" / "labelsTs"
-    results = {}
-    for method, (dataset_id, trainer) in runs.items():
-        _step(f"nnUNetv2_train {dataset_id} 2d 0 -tr {trainer}",
-              ["nnUNetv2_train", str(dataset_id), "2d", "0", "-tr", trainer, "-device", device], logs)
-        predictions = workdir / "test_predictions" / trainer / str(dataset_id)
-        _step(f"nnUNetv2_predict (test set) with {trainer}",
-              ["nnUNetv2_predict", "-i", str(test_images), "-o", str(predictions), "-d", str(dataset_id), "-c",
-               "2d", "-f", "0", "-tr", trainer, "-device", device, "-npp", "1", "-nps", "1"], logs)
-        _step("nnUNetv2_evaluate_folder", ["nnUNetv2_evaluate_folder", str(test_labels), str(predictions), "-djfile",
-              str(predictions / "dataset.json"), "-pfile", str(predictions / "plans.json")], logs)
-        results[method] = _dice_per_class(predictions / "summary.json")
-    _print_table(results, num_epochs * iterations_per_epoch)
-    return results
-
-
-def _print_table(results: dict[str, dict[str, float]], iterations: int) -> None:
-    labels = next(iter(results.values())).keys()
-    print(f"\nTest-set Dice after {iterations} training iterations (toy data, fold 0):")
-    header = f"| {'method':<36} | " + " | ".join(f"label {lab}" for lab in labels) + " |  mean  |"
-    print(header)
-    print("|" + "-" * (len(header) - 2) + "|")
-    for method, dice in results.items():
-        values = list(dice.values())
-        print(f"| {method:<36} | " + " | ".join(f"{v:7.3f}" for v in values) +
-              f" | {sum(values) / len(values):6.3f} |")
+    _step("plan: plan the labeled twin, preprocess all with its plans",
+          [*semi, "plan", str(SEMI_ID), "-c", "2d", "-np", "2", "-npfp", "2", "--verify_dataset_integrity"], logs)
+    report = workdir / "report"
+    _step(f"benchmark: nnUNetv2_train x3, nnUNetv2_predict ({num_epochs}x{iterations_per_epoch} it)",
+          [*semi, "benchmark", str(SEMI_ID), "-c", "2d", "-tr", "nnUNetTrainerMeanTeacher", "-f", "0", "--budget",
+           f"{num_epochs}x{iterations_per_epoch}", "-o", str(report), "--title", "nnunet-semi demo (toy data)"],
+          logs)
+    summary = (report / "report.md").read_text().split("\n## ")
+    print("\n## " + next(s for s in summary if s.startswith("Test set")).split("\n\n### ")[0])
+    print(f"Report, per-class tables and plot: {report}/report.md, {report}/dice_per_method.png")
+    print("Toy data and a few training iterations: the numbers show that the pipeline works, not which method wins.")
+    return report
 
 
 def _run(args: argparse.Namespace) -> int:

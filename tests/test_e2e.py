@@ -77,7 +77,8 @@ class Workspace:
 
 @pytest.fixture(scope="module")
 def toy_2d(tmp_path_factory) -> Workspace:
-    """Dataset502_ToySemi6: 6 labeled, 13 unlabeled, 5 test PNG cases, planned by 'nnunet-semi plan'."""
+    """Dataset502_ToySemi6 (6 labeled, 13 unlabeled, 5 test PNG cases), its labeled twin 503 and full twin 504,
+    planned by 'nnunet-semi plan'."""
     root = tmp_path_factory.mktemp("e2e_2d")
     ext = root / "my_trainers"
     ext.mkdir()
@@ -86,7 +87,8 @@ def toy_2d(tmp_path_factory) -> Workspace:
     images, masks = write_toy_2d_folders(root / "toy", num_cases=24, size=48)
     _run(_cli("convert-2d", str(images), str(masks), "-o", "501", "-n", "Toy", "--mask-values", "--label-names",
               "core", "rim"), workspace.env)
-    _run(_cli("make-semi", "501", "-o", "502", "--count", "6", "--test-fraction", "0.2"), workspace.env)
+    _run(_cli("make-semi", "501", "-o", "502", "--full-id", "504", "--count", "6", "--test-fraction", "0.2"),
+         workspace.env)
     _run(_cli("plan", "502", "-c", "2d", "-np", "2", "-npfp", "2", "--verify_dataset_integrity"), workspace.env)
     return workspace
 
@@ -177,3 +179,30 @@ def test_3d_fullres_mean_teacher_and_sra_seg_train_and_predict(toy_3d):
         assert np.isfinite(final["logging"][terms[0]][-1])
         images, predictions = toy_3d.predict_test_set(dataset, 512, "3d_fullres", trainer)
         assert len(list(predictions.glob("*.nii.gz"))) == len(list(images.glob("*.nii.gz"))) > 0
+
+
+def test_benchmark_trains_evaluates_and_reports(toy_2d):
+    output = toy_2d.root / "benchmark"
+    command = _cli("benchmark", "502", "-tr", "nnUNetTrainerMeanTeacher", "-f", "0", "--budget", "1x2", "-o",
+                   str(output))
+    _run(command, toy_2d.env)
+    report = json.loads((output / "report.json").read_text())
+    markdown = (output / "report.md").read_text()
+    for row in ("nnU-Net (labeled only)", "nnUNetTrainerMeanTeacher", "nnU-Net (all labels)"):
+        assert row in markdown
+    assert "1 epochs x 2 it" in markdown and (output / "dice_per_method.png").is_file()
+    assert "## Test set" in markdown and len(list(output.glob("test_predictions/*/*/fold_0/*.png"))) == 3 * 5
+    assert toy_2d.fold_dir("Dataset503_ToySemi6Labeled", "nnUNetTrainer_1epochs_2its", "2d").is_dir()
+    assert [(m["name"], m["role"]) for m in report["methods"]] == [
+        ("nnU-Net (labeled only)", "reference"), ("nnUNetTrainerMeanTeacher", "method"),
+        ("nnU-Net (all labels)", "upper_bound")]
+    assert all(set(m["test"]) == {"0"} and set(m["cv"]) == {"0"} for m in report["methods"])
+
+    # everything is there now: --no-train only evaluates; a missing training is an error and keeps the report
+    before = (output / "report.md").stat().st_mtime
+    _run(command + ["--no-train"], toy_2d.env)
+    assert (output / "report.md").stat().st_mtime > before
+    failing = subprocess.run(_cli("benchmark", "502", "-tr", "nnUNetTrainerSRASeg", "-f", "0", "--budget", "1x2",
+                                  "-o", str(output), "--no-train"), env=toy_2d.env, capture_output=True, text=True)
+    assert failing.returncode == 2 and "--no-train given but" in failing.stderr
+    assert "nnUNetTrainerSRASeg" not in (output / "report.md").read_text()

@@ -1,0 +1,244 @@
+"""``nnunet-semi benchmark``: semi-supervised trainers against vanilla nnU-Net, trained and evaluated alike.
+
+For each semi-supervised dataset made by ``make-semi`` (several give the Dice-versus-labeled-fraction plot) the rows
+are: vanilla nnU-Net on the labeled-only twin (the reference), every requested trainer on the semi-supervised
+dataset and, when the dataset has a fully labeled twin, vanilla nnU-Net on it (the upper bound). All datasets must
+share their plans (``nnunet-semi plan`` ensures it); all share their validation folds. Trainings run through the
+unmodified ``nnUNetv2_train`` (finished folds are skipped, interrupted ones resumed with ``--c``), test sets are
+predicted with ``nnUNetv2_predict``, and the report is written only when everything has been evaluated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
+from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+from tqdm import tqdm
+
+from nnunet_semi.core.hyperparameters import budget_variant_name
+from nnunet_semi.env import nnunet_environment
+from nnunet_semi.errors import UserError
+from nnunet_semi.evaluation.folders import (
+    evaluate_cross_validation,
+    evaluate_test_set,
+    list_cases,
+    load_dataset_json,
+    seconds_per_iteration,
+)
+from nnunet_semi.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, MODES
+from nnunet_semi.evaluation.report import MethodResults, ReportSettings, TrainingBudget, write_report
+from nnunet_semi.planners.raw import raw_root, read_manifest, resolve_dataset
+
+VANILLA = "nnUNetTrainer"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One report row: a trainer on a dataset."""
+
+    name: str
+    dataset: str
+    trainer: str  # with the budget suffix, as nnUNetv2_train sees it
+    role: str
+    labeled_fraction: float | None
+
+    def model_folder(self, configuration: str, plans: str) -> Path:
+        return Path(nnUNet_results.require()) / self.dataset / f"{self.trainer}__{plans}__{configuration}"
+
+
+def labeled_fraction(manifest: dict) -> float:
+    labeled, unlabeled = len(manifest["labeled_cases"]), len(manifest["unlabeled_cases"])
+    return labeled / (labeled + unlabeled)
+
+
+def benchmark_runs(semi_datasets: list[str], trainers: list[str], budget: TrainingBudget | None) -> list[Run]:
+    """The rows for every semi-supervised dataset; the upper bound once (the first full twin found)."""
+    def with_budget(trainer: str) -> str:
+        return budget_variant_name(trainer, budget.epochs, budget.iterations_per_epoch) if budget else trainer
+
+    runs, upper_bound = [], None
+    for semi in semi_datasets:
+        manifest = read_manifest(semi) or {}
+        if manifest.get("role") != "semi":
+            raise UserError(f"{semi} was not made by 'nnunet-semi make-semi': its labeled-only twin is unknown.")
+        fraction = labeled_fraction(manifest)
+        runs.append(Run("nnU-Net (labeled only)", resolve_dataset(manifest["labeled_twin"]), with_budget(VANILLA),
+                        "reference", fraction))
+        runs += [Run(t, semi, with_budget(t), "method", fraction) for t in trainers]
+        if upper_bound is None and manifest.get("full_twin"):
+            upper_bound = Run("nnU-Net (all labels)", resolve_dataset(manifest["full_twin"]), with_budget(VANILLA),
+                              "upper_bound", None)
+    return runs + ([upper_bound] if upper_bound else [])
+
+
+def _plans_without_name(dataset: str, plans: str) -> dict:
+    path = Path(nnUNet_preprocessed.require()) / dataset / f"{plans}.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: run 'nnunet-semi plan' for the semi-supervised dataset first.")
+    content = json.loads(path.read_text())
+    content.pop("dataset_name", None)
+    return content
+
+
+def check_same_plans_and_folds(runs: list[Run], plans: str, folds: list[int]) -> None:
+    """All compared datasets must use identical plans and define the requested folds."""
+    datasets = sorted({r.dataset for r in runs})
+    reference = _plans_without_name(datasets[0], plans)
+    for dataset in datasets[1:]:
+        if _plans_without_name(dataset, plans) != reference:
+            raise UserError(f"Plans '{plans}' of {dataset} differ from those of {datasets[0]}: the comparison would "
+                            f"not be fair. Plan all of them with 'nnunet-semi plan'.")
+    for dataset in datasets:
+        splits = Path(nnUNet_preprocessed.require()) / dataset / "splits_final.json"
+        available = len(json.loads(splits.read_text())) if splits.is_file() else 0
+        missing = [f for f in folds if not 0 <= f < available]
+        if missing:
+            raise UserError(f"Folds {missing} do not exist for {dataset} ({splits} defines {available} folds).")
+
+
+def is_finished(run: Run, configuration: str, plans: str, fold: int) -> bool:
+    fold_folder = run.model_folder(configuration, plans) / f"fold_{fold}"
+    return (fold_folder / "checkpoint_final.pth").is_file() and (fold_folder / "validation" / "summary.json").is_file()
+
+
+def _run_logged(command: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(" ".join(command) + "\n")
+        f.flush()
+        result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=nnunet_environment())
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}); see {log}")
+
+
+def train_missing(runs: list[Run], configuration: str, plans: str, folds: list[int], device: str,
+                  logs: Path, no_train: bool) -> None:
+    """Train (or resume) every fold that has no final checkpoint and validation yet."""
+    todo = [(r, f) for r in runs for f in folds if not is_finished(r, configuration, plans, f)]
+    if todo and no_train:
+        listing = ", ".join(f"{r.trainer} on {r.dataset} fold {f}" for r, f in todo[:6])
+        raise UserError(f"--no-train given but {len(todo)} trainings are missing or unfinished: {listing}...")
+    for run, fold in tqdm(todo, desc="Training", unit="fold"):
+        fold_folder = run.model_folder(configuration, plans) / f"fold_{fold}"
+        resume = ["--c"] if any(fold_folder.glob("checkpoint_*.pth")) else []
+        _run_logged(["nnUNetv2_train", str(convert_dataset_name_to_id(run.dataset)), configuration, str(fold),
+                     "-tr", run.trainer, "-p", plans, "-device", device, *resume],
+                    logs / f"train_{run.trainer}_{run.dataset}_fold{fold}.log")
+
+
+def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, output: Path,
+                     device: str, logs: Path) -> Path:
+    """``nnUNetv2_predict`` of one fold's model, skipped when every test case has been predicted."""
+    folder = output / "test_predictions" / run.dataset / run.trainer / f"fold_{fold}"
+    ending = load_dataset_json(raw_root() / run.dataset / "dataset.json")["file_ending"]
+    expected = {p.name[: -len(ending) - 5] for p in test_images.glob(f"*_0000{ending}")}
+    if folder.is_dir() and expected <= set(list_cases(folder, ending)):
+        return folder
+    _run_logged(["nnUNetv2_predict", "-i", str(test_images), "-o", str(folder), "-d", run.dataset, "-c",
+                 configuration, "-f", str(fold), "-tr", run.trainer, "-p", plans, "-device", device,
+                 "-npp", "1", "-nps", "1"], logs / f"predict_{run.trainer}_{run.dataset}_fold{fold}.log")
+    return folder
+
+
+def test_set_of(semi: str) -> tuple[Path, Path] | None:
+    """(imagesTs, labelsTs) of a semi-supervised dataset, when it has labeled test cases."""
+    folder = raw_root() / semi
+    if (folder / "labelsTs").is_dir() and any((folder / "labelsTs").iterdir()):
+        return folder / "imagesTs", folder / "labelsTs"
+    return None
+
+
+def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configuration: str, folds: list[int],
+                  output: str | Path, budget: TrainingBudget | None = None, plans: str = "nnUNetPlans",
+                  device: str | None = None, mode: str = "nnunet", nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+                  use_test_set: bool = True, no_train: bool = False, title: str | None = None):
+    """Train what is missing, evaluate cross-validation (and test set), write the report; returns its files."""
+    semi_datasets = [resolve_dataset(d) for d in semi_datasets]
+    output = Path(output)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    runs = benchmark_runs(semi_datasets, trainers, budget)
+    check_same_plans_and_folds(runs, plans, folds)
+    logs = output / "logs"
+    train_missing(runs, configuration, plans, folds, device, logs, no_train)
+
+    test_sets = {semi: test_set_of(semi) for semi in semi_datasets} if use_test_set else {}
+    results = []
+    for run in tqdm(runs, desc="Evaluating", unit="row"):
+        model_folder = run.model_folder(configuration, plans)
+        result = MethodResults(
+            name=run.name, role=run.role, labeled_fraction=run.labeled_fraction, budget=budget,
+            cv=evaluate_cross_validation(model_folder, folds, mode=mode, nsd_tolerance_mm=nsd_tolerance_mm,
+                                         name=f"{run.name} ({run.dataset})"),
+            seconds_per_iteration=seconds_per_iteration(model_folder, folds))
+        test_set = test_sets.get(semi_dataset_of(run))
+        if test_set is not None:
+            images, labels = test_set
+            dataset_json = load_dataset_json(raw_root() / run.dataset / "dataset.json")
+            result.test = {fold: evaluate_test_set(
+                labels, predict_test_set(run, configuration, plans, fold, images, output, device, logs),
+                dataset_json, mode=mode, nsd_tolerance_mm=nsd_tolerance_mm) for fold in folds}
+        results.append(result)
+    details = {"datasets": ", ".join(semi_datasets), "configuration": configuration, "plans": plans,
+               "folds": ", ".join(map(str, folds)), "device": device,
+               "training budget": str(budget) if budget else "nnU-Net's own (1000 epochs x 250 iterations)",
+               "test set": "imagesTs/labelsTs of the semi-supervised dataset, predicted by each fold's model"
+               if test_sets and any(test_sets.values()) else "none"}
+    return write_report(results, output, ReportSettings(title=title or f"Benchmark: {semi_datasets[0]}",
+                                                       mode=mode, nsd_tolerance_mm=nsd_tolerance_mm,
+                                                       details=details))
+
+
+def semi_dataset_of(run: Run) -> str:
+    """The semi-supervised dataset a row belongs to: a method's own dataset, the semi twin of the others."""
+    if run.role == "method":
+        return run.dataset
+    manifest = read_manifest(run.dataset) or {}
+    return resolve_dataset(manifest["semi"]) if "semi" in manifest else run.dataset
+
+
+def parse_budget(text: str | None) -> TrainingBudget | None:
+    """'20x50' -> 20 epochs x 50 iterations."""
+    if text is None:
+        return None
+    try:
+        epochs, iterations = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--budget must look like EPOCHSxITERATIONS, e.g. 20x50; got '{text}'.") from None
+    if epochs < 1 or iterations < 1:
+        raise UserError("--budget needs at least one epoch and one iteration per epoch.")
+    return TrainingBudget(epochs, iterations)
+
+
+def _run(args: argparse.Namespace) -> int:
+    files = run_benchmark(args.datasets, args.trainers, args.configuration, args.folds, args.output,
+                          parse_budget(args.budget), args.plans, args.device, args.metrics, args.nsd_tolerance,
+                          not args.no_test, args.no_train, args.title)
+    print(files.markdown.read_text())
+    print(f"Report: {files.markdown}, {files.csv}, {', '.join(str(p) for p in files.plots)}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("benchmark", help="train (or resume) and compare trainers with vanilla nnU-Net",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="+", help="semi-supervised datasets made by make-semi (id or name); "
+                                                    "several give the Dice-versus-labeled-fraction plot")
+    parser.add_argument("-c", "--configuration", default="2d")
+    parser.add_argument("-tr", "--trainers", nargs="+", default=["nnUNetTrainerMeanTeacher"])
+    parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("-o", "--output", required=True, help="report folder (also holds logs and test predictions)")
+    parser.add_argument("--budget", help="same budget for every trainer: EPOCHSxITERATIONS, e.g. 20x50")
+    parser.add_argument("-p", "--plans", default="nnUNetPlans")
+    parser.add_argument("-device", "--device", choices=("cuda", "cpu", "mps"), help="default: cuda if available")
+    parser.add_argument("--metrics", choices=MODES, default="nnunet")
+    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM")
+    parser.add_argument("--no-test", action="store_true", help="skip the held-out test set")
+    parser.add_argument("--no-train", action="store_true", help="only evaluate; fail if a training is missing")
+    parser.add_argument("--title")
+    parser.set_defaults(func=_run)
