@@ -49,3 +49,44 @@ def test_ema_teacher_and_logging_under_ddp(tmp_path):
         assert results[rank]["teachers_identical"]
         assert results[rank]["teacher_is_ema"]
         assert results[rank]["mean_over_workers"] == 0.5
+
+
+def _tiny_unet():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    return PlainConvUNet(1, 2, (4, 8), nn.Conv2d, 3, (1, 2), 1, 3, (1,), norm_op=nn.InstanceNorm2d,
+                         norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, deep_supervision=False)
+
+
+def _sra_like_loss(network, forward, x_mixed, x_synthetic, x_real):
+    """SRA-Seg's pattern: one (DDP) forward of the mixed batch plus encoder passes on the unwrapped network."""
+    from nnunet_semi.trainers.sra_seg import pooled_bottleneck_features, similarity_alignment_loss
+    with torch.no_grad():
+        real = pooled_bottleneck_features(network, x_real)
+    sa = similarity_alignment_loss(pooled_bottleneck_features(network, x_synthetic), real, torch.tensor([0, 1]))
+    return forward(x_mixed).square().mean() + sa
+
+
+def _encoder_gradient_worker(rank: int, world_size: int, init_file: str, results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    network = _tiny_unet()
+    reference = _tiny_unet()
+    reference.load_state_dict(network.state_dict())
+    ddp = DistributedDataParallel(network)
+    torch.manual_seed(10 + rank)
+    inputs = [torch.randn(2, 1, 8, 8) for _ in range(3)]
+    _sra_like_loss(ddp, ddp, *inputs).backward()
+    _sra_like_loss(reference, reference, *inputs).backward()  # this rank's own gradient, no DDP
+    expected = [p.grad.clone() for p in reference.parameters()]
+    for g in expected:
+        dist.all_reduce(g)
+        g /= world_size
+    results[rank] = all(torch.allclose(p.grad, e, atol=1e-6) for p, e in zip(network.parameters(), expected))
+    dist.destroy_process_group()
+
+
+def test_encoder_passes_outside_the_ddp_forward_get_averaged_gradients(tmp_path):
+    """The SA loss uses the unwrapped encoder next to the DDP forward; DDP must still average all gradients."""
+    results = mp.Manager().dict()
+    mp.spawn(_encoder_gradient_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    assert results[0] and results[1]

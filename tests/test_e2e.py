@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -124,11 +125,12 @@ def test_2d_mean_teacher_trains_resumes_and_predicts(toy_2d):
     fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
     # interrupt a training after its first checkpoint (written atomically, so always complete)
     process = subprocess.Popen(["nnUNetv2_train", "502", "2d", "0", "-tr", trainer, "-device", "cpu"],
-                               env=toy_2d.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env=toy_2d.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     try:
         _wait_for(fold_dir / "checkpoint_latest.pth", process)
-    finally:
-        process.kill()
+    finally:  # kill the whole session: nnU-Net's data-augmentation workers too
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     interrupted = torch.load(fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
     assert interrupted["current_epoch"] < 4 and not (fold_dir / "checkpoint_final.pth").exists()

@@ -96,20 +96,21 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         return self._unlabeled_case_cache
 
     def do_split(self):
+        """nnU-Net's split restricted to labeled cases; every unlabeled case of the dataset is trained on (also
+        unlabeled cases added after the split was written, e.g. synthetic ones)."""
         tr_keys, val_keys = super().do_split()
-        unlabeled = self._unlabeled_cases(sorted(set(tr_keys) | set(val_keys)))
+        unlabeled = self._unlabeled_cases(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
         moved = sorted(k for k in val_keys if k in unlabeled)
         if moved:
             self.print_to_log_file(f"WARNING: {len(moved)} unlabeled cases were in validation fold {self.fold}; "
                                    f"they are trained on instead. Write semi-supervised splits with "
                                    f"'nnunet-semi make-semi' or 'nnunet-semi splits'.")
-        self.unlabeled_keys = sorted(k for k in set(tr_keys) | set(val_keys) if k in unlabeled)
+        self.unlabeled_keys = sorted(unlabeled)
         labeled_tr = [k for k in tr_keys if k not in unlabeled]
         labeled_val = [k for k in val_keys if k not in unlabeled]
         if not self.unlabeled_keys:
             raise RuntimeError(f"{self.__class__.__name__} needs unlabeled cases (label files that are entirely the "
-                               f"ignore label) in the training split of fold {self.fold}, and found none in "
-                               f"{self.preprocessed_dataset_folder}.")
+                               f"ignore label) and found none in {self.preprocessed_dataset_folder}.")
         if not labeled_tr or not labeled_val:
             raise RuntimeError(f"Fold {self.fold} has {len(labeled_tr)} labeled training and {len(labeled_val)} "
                                f"labeled validation cases; both must be non-empty.")

@@ -120,7 +120,7 @@ def _run_logged(command: list[str], log: Path) -> None:
 def train_missing(runs: list[Run], configuration: str, plans: str, folds: list[int], device: str,
                   logs: Path, no_train: bool) -> None:
     """Train (or resume) every fold that has no final checkpoint and validation yet."""
-    todo = [(r, f) for r in runs for f in folds if not is_finished(r, configuration, plans, f)]
+    todo = [(r, f) for f in folds for r in runs if not is_finished(r, configuration, plans, f)]  # fold by fold
     if todo and no_train:
         listing = ", ".join(f"{r.trainer} on {r.dataset} fold {f}" for r, f in todo[:6])
         raise UserError(f"--no-train given but {len(todo)} trainings are missing or unfinished: {listing}...")
