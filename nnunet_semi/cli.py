@@ -8,6 +8,7 @@ import argparse
 import importlib
 import sys
 
+from nnunet_semi.env import register_ext_trainers
 from nnunet_semi.errors import UserError
 
 COMMAND_MODULES = (
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    register_ext_trainers()  # nnU-Net processes we start find our trainers
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
@@ -81,31 +83,28 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
                                f"({configuration}); use 2d or 3d_fullres.")
         self.teacher: EMATeacher | None = None
         self.global_step = 0
-        self.unlabeled_keys: list[str] = []
         self.dataloader_unlabeled = None
-        self._unlabeled_case_cache: set[str] | None = None
         self.logger.local_logger = SemiLocalLogger(self.logger.local_logger, self.train_terms)
 
     # ------------------------------------------------------------------ cases and data
-    def _unlabeled_cases(self, identifiers: list[str]) -> set[str]:
-        if self._unlabeled_case_cache is None:
-            if "ignore" not in self.dataset_json["labels"]:
-                self._unlabeled_case_cache = set()
-            else:
-                self._unlabeled_case_cache = find_unlabeled_cases(self.preprocessed_dataset_folder, identifiers)
-        return self._unlabeled_case_cache
+    @functools.cached_property
+    def unlabeled_keys(self) -> list[str]:
+        """Every unlabeled case of the preprocessed dataset, read once from the cases' properties."""
+        if "ignore" not in self.dataset_json["labels"]:
+            return []
+        folder = self.preprocessed_dataset_folder
+        return sorted(find_unlabeled_cases(folder, infer_dataset_class(folder).get_identifiers(folder)))
 
     def do_split(self):
         """nnU-Net's split restricted to labeled cases; every unlabeled case of the dataset is trained on (also
         unlabeled cases added after the split was written, e.g. synthetic ones)."""
         tr_keys, val_keys = super().do_split()
-        unlabeled = self._unlabeled_cases(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
+        unlabeled = set(self.unlabeled_keys)
         moved = sorted(k for k in val_keys if k in unlabeled)
         if moved:
             self.print_to_log_file(f"WARNING: {len(moved)} unlabeled cases were in validation fold {self.fold}; "
                                    f"they are trained on instead. Write semi-supervised splits with "
                                    f"'nnunet-semi make-semi' or 'nnunet-semi splits'.")
-        self.unlabeled_keys = sorted(unlabeled)
         labeled_tr = [k for k in tr_keys if k not in unlabeled]
         labeled_val = [k for k in val_keys if k not in unlabeled]
         if not self.unlabeled_keys:
