@@ -156,3 +156,19 @@ def test_make_semi_adds_extra_unlabeled_images(nnunet_folders, toy3d, tmp_path):
     assert manifest["extra_unlabeled_cases"] == ["synth_000", "synth_001", "synth_002"]
     splits = json.loads((nnunet_folders["nnUNet_preprocessed"] / names["semi"] / "splits_final.json").read_text())
     assert all({"synth_000", "synth_001", "synth_002"} <= set(f["train"]) for f in splits)
+
+
+# ---------------------------------------------------------------- splits of a hand-made semi-supervised dataset
+def test_splits_command_reads_unlabeled_cases_from_label_files(nnunet_folders, toy3d):
+    names = make_semi_supervised_datasets(toy3d, 80, dict(seed=0, count=4), group_regex=r"subj\d+")
+    splits_file = nnunet_folders["nnUNet_preprocessed"] / names["semi"] / "splits_final.json"
+    written_by_make_semi = json.loads(splits_file.read_text())
+    splits_file.unlink()
+    assert main(["splits", names["semi"], "--group-regex", r"subj\d+", "-np", "1"]) == 0
+    assert json.loads(splits_file.read_text()) == written_by_make_semi
+    unlabeled = set(read_manifest(names["semi"])["unlabeled_cases"])
+    assert all(unlabeled <= set(fold["train"]) and not unlabeled & set(fold["val"]) for fold in written_by_make_semi)
+
+
+def test_plan_needs_the_twin_of_a_hand_made_dataset(nnunet_folders, toy3d):
+    assert main(["plan", toy3d, "-c", "2d"]) == 2  # not made by make-semi and no --twin: message, exit 2
