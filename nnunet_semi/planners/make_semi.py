@@ -123,6 +123,8 @@ def extra_unlabeled_images(folders: Sequence[str], file_ending: str, files_per_c
     """case -> image files for folders in nnU-Net's image naming (``CASE_0000<ending>``, ``CASE_0001...``)."""
     cases: dict[str, list[str]] = {}
     for folder in folders:
+        if not os.path.isdir(folder):
+            raise UserError(f"--unlabeled-images {folder} is not a folder.")
         image_lists = create_lists_from_splitted_dataset_folder(folder, file_ending, num_processes=1)
         if not image_lists:
             raise UserError(f"--unlabeled-images {folder} holds no images named CASE_0000{file_ending}.")
