@@ -57,8 +57,9 @@ def labeled_fraction(manifest: dict) -> float:
     return labeled / (labeled + unlabeled)
 
 
-def benchmark_runs(semi_datasets: list[str], trainers: list[str], budget: TrainingBudget | None) -> list[Run]:
-    """The rows for every semi-supervised dataset; the upper bound once (the first full twin found)."""
+def benchmark_runs(semi_datasets: list[str], trainers: list[str], budget: TrainingBudget | None,
+                   with_upper_bound: bool = True) -> list[Run]:
+    """The rows for every semi-supervised dataset; the upper bound once (the first full twin found), if wanted."""
     def with_budget(trainer: str) -> str:
         return budget_variant_name(trainer, budget.epochs, budget.iterations_per_epoch) if budget else trainer
 
@@ -71,7 +72,7 @@ def benchmark_runs(semi_datasets: list[str], trainers: list[str], budget: Traini
         runs.append(Run("nnU-Net (labeled only)", resolve_dataset(manifest["labeled_twin"]), with_budget(VANILLA),
                         "reference", fraction))
         runs += [Run(t, semi, with_budget(t), "method", fraction) for t in trainers]
-        if upper_bound is None and manifest.get("full_twin"):
+        if with_upper_bound and upper_bound is None and manifest.get("full_twin"):
             upper_bound = Run("nnU-Net (all labels)", resolve_dataset(manifest["full_twin"]), with_budget(VANILLA),
                               "upper_bound", None)
     return runs + ([upper_bound] if upper_bound else [])
@@ -157,12 +158,13 @@ def test_set_of(semi: str) -> tuple[Path, Path] | None:
 def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configuration: str, folds: list[int],
                   output: str | Path, budget: TrainingBudget | None = None, plans: str = "nnUNetPlans",
                   device: str | None = None, mode: str = "nnunet", nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
-                  use_test_set: bool = True, no_train: bool = False, title: str | None = None):
+                  use_test_set: bool = True, no_train: bool = False, title: str | None = None,
+                  with_upper_bound: bool = True):
     """Train what is missing, evaluate cross-validation (and test set), write the report; returns its files."""
     semi_datasets = [resolve_dataset(d) for d in semi_datasets]
     output = Path(output)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    runs = benchmark_runs(semi_datasets, trainers, budget)
+    runs = benchmark_runs(semi_datasets, trainers, budget, with_upper_bound)
     check_same_plans_and_folds(runs, plans, folds)
     logs = output / "logs"
     train_missing(runs, configuration, plans, folds, device, logs, no_train)
@@ -218,7 +220,7 @@ def parse_budget(text: str | None) -> TrainingBudget | None:
 def _run(args: argparse.Namespace) -> int:
     files = run_benchmark(args.datasets, args.trainers, args.configuration, args.folds, args.output,
                           parse_budget(args.budget), args.plans, args.device, args.metrics, args.nsd_tolerance,
-                          not args.no_test, args.no_train, args.title)
+                          not args.no_test, args.no_train, args.title, not args.no_upper_bound)
     print(files.markdown.read_text())
     print(f"Report: {files.markdown}, {files.csv}, {', '.join(str(p) for p in files.plots)}")
     return 0
@@ -240,5 +242,7 @@ def register(subparsers) -> None:
     parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM")
     parser.add_argument("--no-test", action="store_true", help="skip the held-out test set")
     parser.add_argument("--no-train", action="store_true", help="only evaluate; fail if a training is missing")
+    parser.add_argument("--no-upper-bound", action="store_true",
+                        help="skip the fully labeled row (saves one training per fold; no 'gap closed' column)")
     parser.add_argument("--title")
     parser.set_defaults(func=_run)
