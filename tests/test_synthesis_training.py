@@ -1,0 +1,144 @@
+"""GAN training loop: checkpoints, resume, EMA, sampler, and the multi-process (torch.distributed) path on CPU."""
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from nnunet_semi.errors import UserError
+from nnunet_semi.synthesis.augment import AugmentConfig
+from nnunet_semi.synthesis.data import DataSpec
+from nnunet_semi.synthesis.networks import DiscriminatorConfig, GeneratorConfig
+from nnunet_semi.synthesis.training import (
+    GanTrainer,
+    RealImageSampler,
+    TrainConfig,
+    all_reduce_gradients,
+    ema_beta,
+    generator_from_checkpoint,
+    load_checkpoint,
+    train_gan,
+)
+
+RES = 8
+
+
+def spec() -> DataSpec:
+    return DataSpec(dataset="Dataset001_X", class_name="all", resolution=RES, channels=1, rgb=False, fit="resize",
+                    slice_axis=0, intensity_ranges=[[0.0, 255.0]], spacing=[999.0, 1.0, 1.0], natural_image=True)
+
+
+def images(n: int = 24) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, 1, RES, RES), dtype=np.uint8)
+
+
+def configs() -> tuple[GeneratorConfig, DiscriminatorConfig]:
+    return (GeneratorConfig(resolution=RES, img_channels=1, z_dim=8, w_dim=8, channel_base=64, channel_max=8),
+            DiscriminatorConfig(resolution=RES, img_channels=1, channel_base=64, channel_max=8))
+
+
+def train_config(**overrides) -> TrainConfig:
+    base = dict(kimg=0.032, batch_size=8, snapshot_kimg=0.016, ada_kimg=0.1, ada_interval=1, grid_size=2,
+                r1_interval=2)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_ema_beta_has_the_requested_half_life():
+    beta = ema_beta(batch_size=32, cur_nimg=10**9, ema_kimg=10.0, ema_rampup=0.05)
+    assert beta ** (10_000 / 32) == pytest.approx(0.5)
+    # early in training the ramp-up shortens the half-life to 5 % of the images seen so far
+    early = ema_beta(batch_size=32, cur_nimg=3200, ema_kimg=10.0, ema_rampup=0.05)
+    assert early ** (160 / 32) == pytest.approx(0.5)
+
+
+def test_sampler_visits_every_image_once_per_epoch():
+    data = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    sampler = RealImageSampler(data, batch_size=4, seed=0, mirror=False)
+    seen = torch.cat([sampler.next() for _ in range(5)]).flatten()  # 20 images = 2 epochs
+    values = ((seen + 1) * 127.5).round().long()
+    assert sorted(values[:10].tolist()) == list(range(10))
+    assert sorted(values[10:].tolist()) == list(range(10))
+
+
+def test_training_writes_checkpoints_and_resumes(tmp_path):
+    g_cfg, d_cfg = configs()
+    out = tmp_path / "gan"
+    final = train_gan(images(), spec(), out, train_config(), g_cfg, d_cfg)
+    assert final.name == "network-snapshot-000000032.pt"
+    assert sorted(p.name for p in out.glob("*.pt")) == ["network-snapshot-000000016.pt", final.name]
+    assert (out / "samples-000000032.png").is_file() and (out / "reals.png").is_file()
+    assert not list(out.glob(".*"))  # no temporary files left behind
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [r["kimg"] for r in log] == [0.016, 0.032]
+    ckpt = load_checkpoint(final)
+    assert ckpt["cur_nimg"] == 32 and ckpt["step_index"] == 4
+    assert ckpt["augment_p"] > 0  # ada_kimg 0.1 and a tiny D that overfits at once: p must have moved
+    g_ema = generator_from_checkpoint(ckpt)
+    assert not torch.equal(g_ema.state_dict()["blocks.0.const"], ckpt["G"]["blocks.0.const"])
+    resumed = train_gan(images(), spec(), out, train_config(kimg=0.048, keep_snapshots=2), g_cfg, d_cfg,
+                        resume=final)
+    ckpt2 = load_checkpoint(resumed)
+    assert ckpt2["cur_nimg"] == 48 and ckpt2["step_index"] == 6
+    assert sorted(p.name for p in out.glob("*.pt")) == [final.name, "network-snapshot-000000048.pt"]
+
+
+def test_load_checkpoint_rejects_other_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable"):
+        load_checkpoint(bad)
+    torch.save({"some": "dict"}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not an nnunet-semi GAN checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        module = torch.nn.Linear(2, 1)
+        module.weight.grad = torch.full_like(module.weight, float(rank + 1))  # rank 0: 1, rank 1: 2
+        module.bias.grad = None  # a parameter without gradient on this rank counts as zero
+        all_reduce_gradients(module, 2)
+        g_cfg, d_cfg = configs()
+        trainer = GanTrainer(images(), spec(), __import__("pathlib").Path(out_dir), train_config(kimg=0.024), g_cfg,
+                             d_cfg, AugmentConfig(), torch.device("cpu"), rank=rank, world_size=2)
+        trainer.broadcast_parameters()
+        trainer.run()
+        torch.save({"weight_grad": module.weight.grad, "bias_grad": module.bias.grad,
+                    "G": trainer.G.state_dict(), "D": trainer.D.state_dict(), "p": float(trainer.augment.p)},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_average_gradients_and_stay_identical(tmp_path):
+    """torch.distributed with gloo on CPU: different real images per rank, yet identical networks."""
+    mp.spawn(_two_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for r in (r0, r1):
+        torch.testing.assert_close(r["weight_grad"], torch.full((1, 2), 1.5))
+        torch.testing.assert_close(r["bias_grad"], torch.zeros(1))
+    for name in ("G", "D"):
+        for key in r0[name]:
+            torch.testing.assert_close(r0[name][key], r1[name][key], msg=f"{name}.{key} differs between ranks")
+    assert r0["p"] == r1["p"]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["network-snapshot-000000016.pt",
+                                                           "network-snapshot-000000024.pt", "rank0.pt", "rank1.pt"]
+
+
+def test_train_gan_spawns_workers(tmp_path):
+    g_cfg, d_cfg = configs()
+    final = train_gan(images(), spec(), tmp_path, train_config(kimg=0.016), g_cfg, d_cfg, world_size=2,
+                      backend="gloo")
+    assert load_checkpoint(final)["cur_nimg"] == 16
