@@ -1,0 +1,30 @@
+"""Which rows ``nnunet-semi benchmark`` trains: reference, methods (with the budget variant), optional upper bound."""
+from __future__ import annotations
+
+import json
+
+from nnunet_semi.evaluation.benchmark import benchmark_runs
+from nnunet_semi.evaluation.report import TrainingBudget
+from nnunet_semi.planners.raw import MANIFEST_FILE
+
+
+def make_semi_manifest(raw, semi="Dataset005_Semi", labeled="Dataset006_SemiLabeled", full="Dataset007_SemiFull"):
+    for name in (semi, labeled, full):
+        (raw / name).mkdir()
+        (raw / name / "dataset.json").write_text("{}")
+    (raw / semi / MANIFEST_FILE).write_text(json.dumps({
+        "role": "semi", "labeled_twin": labeled, "full_twin": full,
+        "labeled_cases": ["a", "b"], "unlabeled_cases": ["c", "d", "e", "f", "g", "h"]}))
+
+
+def test_rows_with_and_without_upper_bound(nnunet_folders):
+    make_semi_manifest(nnunet_folders["nnUNet_raw"])
+    budget = TrainingBudget(2, 5)
+    runs = benchmark_runs(["Dataset005_Semi"], ["nnUNetTrainerMeanTeacher"], budget)
+    assert [(r.role, r.dataset, r.trainer) for r in runs] == [
+        ("reference", "Dataset006_SemiLabeled", "nnUNetTrainer_2epochs_5its"),
+        ("method", "Dataset005_Semi", "nnUNetTrainerMeanTeacher_2epochs_5its"),
+        ("upper_bound", "Dataset007_SemiFull", "nnUNetTrainer_2epochs_5its")]
+    assert runs[0].labeled_fraction == 0.25 and runs[2].labeled_fraction is None
+    without = benchmark_runs(["Dataset005_Semi"], ["nnUNetTrainerMeanTeacher"], budget, with_upper_bound=False)
+    assert [r.role for r in without] == ["reference", "method"]
