@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -11,6 +12,8 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from nnunet_semi.files import write_atomic  # noqa: E402
 
 
 class SemiLocalLogger(LocalLogger):
@@ -62,6 +65,4 @@ def _stack_vertically(top: Image.Image, bottom: Image.Image) -> Image.Image:
 
 
 def _save_atomic(image: Image.Image, path: str) -> None:
-    tmp = f"{path}.tmp.png"
-    image.save(tmp)
-    os.replace(tmp, path)
+    write_atomic(Path(path), lambda tmp: image.save(tmp, format="PNG"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from nnunet_semi.core.unlabeled import (
     nnUNetUnlabeledDataLoader,
     split_views,
 )
+from nnunet_semi.files import write_atomic
 
 Batch = dict[str, torch.Tensor | list[torch.Tensor]]
 
@@ -284,9 +285,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             "semi_state": self.semi_state_dict(),
         }
-        tmp = filename + ".tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        write_atomic(Path(filename), lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, filename_or_checkpoint: str) -> None:
         super().load_checkpoint(filename_or_checkpoint)

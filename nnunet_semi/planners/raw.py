@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from nnunetv2.utilities.utils import (
 )
 
 from nnunet_semi.errors import UserError
+from nnunet_semi.files import write_atomic
 
 MANIFEST_FILE = "nnunet_semi.json"
 SYNTHETIC_PREFIX = "synth_"
@@ -141,17 +141,10 @@ def labels_with_ignore(labels: dict) -> dict:
 
 def save_json_atomic(obj, path: str | os.PathLike) -> None:
     """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(Path(path), dump)
 
 
 def read_case_list(path: str | os.PathLike) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nnunet_semi.synthesis.files import write_atomic
+from nnunet_semi.files import write_atomic
 
 GAP = 2
 

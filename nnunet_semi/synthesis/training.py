@@ -37,7 +37,7 @@ from tqdm import tqdm
 from nnunet_semi.errors import UserError
 from nnunet_semi.synthesis.augment import AdaptiveAugment, AugmentConfig, ada_p_update
 from nnunet_semi.synthesis.data import DataSpec
-from nnunet_semi.synthesis.files import write_atomic
+from nnunet_semi.files import write_atomic
 from nnunet_semi.synthesis.grid import save_image_grid
 from nnunet_semi.synthesis.losses import default_r1_gamma, discriminator_loss, generator_loss, r1_penalty
 from nnunet_semi.synthesis.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig

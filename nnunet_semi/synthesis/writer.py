@@ -35,7 +35,7 @@ from skimage import io
 from nnunet_semi.errors import UserError
 from nnunet_semi.planners import raw
 from nnunet_semi.synthesis.data import DataSpec, from_unit_range
-from nnunet_semi.synthesis.files import write_atomic
+from nnunet_semi.files import write_atomic
 
 MANIFEST_NAME = "synthesis_manifest.json"
 MANIFEST_FORMAT = "nnunet-semi-synthesis/1"
