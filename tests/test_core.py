@@ -16,16 +16,12 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from PIL import Image
 from torch import nn
 
-from nnunet_semi.core.hyperparameters import (
-    ClassHyperparameters,
-    budget_variant,
-    budget_variant_from_name,
-)
+from nnunet_semi.core.hyperparameters import ClassHyperparameters, budget_variant
 from nnunet_semi.core.logging import SemiLocalLogger
 from nnunet_semi.core.rampup import RAMPUPS, linear_rampup, sigmoid_rampup
 from nnunet_semi.core.teacher import EMATeacher, unwrap_network
 from nnunet_semi.core.unlabeled import UnlabeledViews, is_unlabeled_case, split_geometric_and_photometric, split_views
-from nnunet_semi.trainers import nnUNetTrainerMeanTeacher
+from nnunet_semi.trainers import budget_variant_from_name, nnUNetTrainerMeanTeacher
 
 
 # ---------------------------------------------------------------- ramp-ups
@@ -90,6 +86,7 @@ def test_budget_variant_of_vanilla_and_semi_trainers():
     variant = budget_variant(_Recorder, 3, 20)
     trainer = variant({}, "2d", 0, {})
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (3, 20, 4)
+    assert trainer.save_every == 1  # checkpoint_latest every epoch: --c resumes short runs where they stopped
     assert variant.__name__ == "_Recorder_3epochs_20its" and budget_variant(_Recorder, 3, 20) is variant
     mt = budget_variant_from_name("nnUNetTrainerMeanTeacher_2epochs_5its")
     assert issubclass(mt, nnUNetTrainerMeanTeacher) and mt.num_epochs == 2 and mt.num_iterations_per_epoch == 5

@@ -59,10 +59,10 @@ def _tiny_unet():
 
 def _sra_like_loss(network, forward, x_mixed, x_synthetic, x_real):
     """SRA-Seg's pattern: one (DDP) forward of the mixed batch plus encoder passes on the unwrapped network."""
-    from nnunet_semi.trainers.sra_seg import pooled_bottleneck_features, similarity_alignment_loss
+    from nnunet_semi.trainers.sra_seg import decoder_feature_statistics, similarity_alignment_loss
     with torch.no_grad():
-        real = pooled_bottleneck_features(network, x_real)
-    sa = similarity_alignment_loss(pooled_bottleneck_features(network, x_synthetic), real, torch.tensor([0, 1]))
+        real = decoder_feature_statistics(network, x_real)
+    sa = similarity_alignment_loss(decoder_feature_statistics(network, x_synthetic), real, torch.tensor([0, 1]))
     return forward(x_mixed).square().mean() + sa
 
 

@@ -10,19 +10,19 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
-from nnunet_semi.core.feature_extractors import (
+from nnunet_semi.components.feature_extractors import (
     DINOV2_WEIGHTS_VARIABLE,
     load_efficientnet_lite0,
     load_feature_extractor,
     patches_to_rgb,
 )
-from nnunet_semi.core.losses import SoftDiceCELoss, soft_cross_entropy, soft_dice_loss, soft_targets_for_outputs
-from nnunet_semi.core.mixing import blend, box_hole_mask, soft_box_mask, soften_edges
-from nnunet_semi.core.pseudo_labels import filtered_hard_pseudo_labels, largest_component_per_class
+from nnunet_semi.components.soft_losses import SoftDiceCELoss, soft_cross_entropy, soft_dice_loss, soft_targets_for_outputs
+from nnunet_semi.components.mixing import blend, box_hole_mask, soft_box_mask, soften_edges
+from nnunet_semi.components.pseudo_labels import filtered_hard_pseudo_labels, largest_component_per_class
 from nnunet_semi.errors import UserError
 from nnunet_semi.trainers.sra_seg import (
     nearest_real_distances,
-    pooled_bottleneck_features,
+    decoder_feature_statistics,
     similarity_alignment_loss,
 )
 
@@ -34,15 +34,31 @@ TARGET = torch.tensor([[[[1.0, 0.4]], [[0.0, 0.6]]]])
 def test_soft_dice_hand_value():
     dice_0 = 2 * (0.5 * 1 + 0.25 * 0.4) / (0.5 + 0.25 + 1 + 0.4)
     dice_1 = 2 * (0.5 * 0 + 0.75 * 0.6) / (0.5 + 0.75 + 0 + 0.6)
-    assert soft_dice_loss(LOGITS, TARGET, smooth=0).item() == pytest.approx(1 - (dice_0 + dice_1) / 2, abs=1e-6)
+    for reduction in ("batch", "sample"):  # one sample: both reductions agree
+        assert soft_dice_loss(LOGITS, TARGET, reduction, smooth=0).item() == pytest.approx(
+            1 - (dice_0 + dice_1) / 2, abs=1e-6)
     hard = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
     assert soft_dice_loss(hard * 100, hard, smooth=0).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_soft_dice_batch_reduction_is_eq_13_and_differs_from_per_sample():
+    """Sample 1 has class 1, sample 2 has none; the prediction is 0.25 / 0.75 everywhere (one pixel each)."""
+    logits = torch.tensor([[[[0.0]], [[math.log(3)]]], [[[0.0]], [[math.log(3)]]]])  # (B=2, C=2, 1, 1)
+    target = torch.tensor([[[[0.0]], [[1.0]]], [[[1.0]], [[0.0]]]])
+    # eq. 13: sums over the batch per class. class 0: 2 * 0.25 / (0.5 + 1); class 1: 2 * 0.75 / (1.5 + 1)
+    batch = 1 - (2 * 0.25 / 1.5 + 2 * 0.75 / 2.5) / 2
+    assert soft_dice_loss(logits, target, "batch", smooth=0).item() == pytest.approx(batch, abs=1e-6)
+    # released code: per sample. sample 1: class 0 0 / 1.25, class 1 1.5 / 1.75; sample 2: 0.5 / 1.25, 0 / 0.75
+    sample = 1 - (0 + 1.5 / 1.75 + 0.5 / 1.25 + 0) / 4
+    assert soft_dice_loss(logits, target, "sample", smooth=0).item() == pytest.approx(sample, abs=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        soft_dice_loss(logits, target, "voxel")
 
 
 def test_soft_cross_entropy_hand_value():
     expected = -0.5 * (1 * math.log(0.5) + 0.4 * math.log(0.25) + 0.6 * math.log(0.75))
     assert soft_cross_entropy(LOGITS, TARGET).item() == pytest.approx(expected, abs=1e-6)
-    assert SoftDiceCELoss()(LOGITS, TARGET).item() == pytest.approx(
+    assert SoftDiceCELoss("sample")(LOGITS, TARGET).item() == pytest.approx(
         soft_dice_loss(LOGITS, TARGET).item() + expected, abs=1e-6)
 
 
@@ -123,9 +139,9 @@ def test_similarity_alignment_gradient_reaches_segmentation_network():
                             deep_supervision=True)
     x_real, x_synthetic = torch.randn(2, 1, 16, 16), torch.randn(3, 1, 16, 16)
     with torch.no_grad():
-        real = pooled_bottleneck_features(network, x_real)
-    synthetic = pooled_bottleneck_features(network, x_synthetic)
-    assert synthetic.shape == (3, 32)
+        real = decoder_feature_statistics(network, x_real)
+    synthetic = decoder_feature_statistics(network, x_synthetic)
+    assert synthetic.shape == (3, 2 * 8)  # mean and std of the 8 channels of the last decoder stage
     loss = similarity_alignment_loss(synthetic, real, torch.tensor([0, 1, 0]))
     loss.backward()
     encoder_grads = [p.grad for p in network.encoder.parameters() if p.grad is not None]
@@ -167,3 +183,24 @@ def test_dinov2_loads_from_a_local_weights_file(monkeypatch, tmp_path):
     extractor = load_feature_extractor("auto")
     assert extractor.name == "dinov2_vitb14"
     assert extractor(torch.randn(2, 1, 40, 40)).shape == (2, 768)  # positions resampled to 224 px
+
+
+def test_sa_features_separate_visibly_different_images():
+    """Regression: pooled bottleneck features (after InstanceNorm + LeakyReLU) gave a toy image and Gaussian noise a
+    cosine of 0.9966, as close as two toy images. The decoder statistics must tell them apart clearly."""
+    from nnunet_semi.toy_data import _ellipse_labels, _toy_image
+    torch.manual_seed(0)
+    network = PlainConvUNet(1, 5, (32, 64, 128, 256, 512), nn.Conv2d, 3, (1, 2, 2, 2, 2), 2, 3, (2, 2, 2, 2),
+                            conv_bias=True, norm_op=nn.InstanceNorm2d, norm_op_kwargs={"affine": True},
+                            nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=True)
+    rng = np.random.default_rng(0)
+
+    def toy() -> torch.Tensor:
+        image = _toy_image(_ellipse_labels((64, 64), rng), rng).astype(np.float32)
+        return torch.from_numpy((image - image.mean()) / image.std())[None, None]
+
+    with torch.no_grad():
+        features = decoder_feature_statistics(network, torch.cat((toy(), toy(), torch.randn(1, 1, 64, 64))))
+    features = torch.nn.functional.normalize(features, dim=1)
+    toy_vs_toy, toy_vs_noise = (features[0] - features[1]).norm(), (features[0] - features[2]).norm()
+    assert toy_vs_noise > 3 * toy_vs_toy

@@ -9,10 +9,11 @@ rebuilds trainers from it, so trainers never take extra arguments).
 from __future__ import annotations
 
 import functools
-import re
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_semi.errors import UserError
 
 # instance attributes that nnUNetTrainer.__init__ sets and a class attribute may override
 NNUNET_HYPERPARAMETERS = (
@@ -34,9 +35,17 @@ class ClassHyperparameters:
             value = getattr(type(self), name, None)
             if value is not None:
                 setattr(self, name, value)
+        self.validate_hyperparameters()
 
+    def validate_hyperparameters(self) -> None:
+        """Check the class-attribute hyperparameters at construction (before any training); subclasses extend it
+        with ``super().validate_hyperparameters()`` and :meth:`require`."""
 
-_BUDGET_NAME = re.compile(r"(?P<base>\w+?)_(?P<epochs>\d+)epochs(?:_(?P<iterations>\d+)its)?")
+    def require(self, name: str, condition: bool, requirement: str) -> None:
+        """Stop with a message naming the trainer, the hyperparameter, its value and what it must be."""
+        if not condition:
+            raise UserError(f"{type(self).__name__}.{name} = {getattr(self, name)!r} is invalid: it must be "
+                            f"{requirement}. Fix the class attribute of your trainer variant.")
 
 
 def budget_variant_name(base_name: str, num_epochs: int, num_iterations_per_epoch: int | None = None) -> str:
@@ -51,7 +60,7 @@ def budget_variant(base: type, num_epochs: int, num_iterations_per_epoch: int | 
         raise TypeError(f"{base!r} is not an nnU-Net trainer class")
     if num_epochs < 1 or (num_iterations_per_epoch is not None and num_iterations_per_epoch < 1):
         raise ValueError("a training budget needs at least one epoch and one iteration per epoch")
-    attributes = {"__module__": __name__, "num_epochs": num_epochs,
+    attributes = {"__module__": __name__, "num_epochs": num_epochs, "save_every": 1,
                   "__doc__": f"{base.__name__} with a training budget of {num_epochs} epochs"}
     if num_iterations_per_epoch is not None:
         attributes["num_iterations_per_epoch"] = num_iterations_per_epoch
@@ -61,20 +70,3 @@ def budget_variant(base: type, num_epochs: int, num_iterations_per_epoch: int | 
     bases = (base,) if issubclass(base, ClassHyperparameters) else (ClassHyperparameters, base)
     name = budget_variant_name(base.__name__, num_epochs, num_iterations_per_epoch)
     return type(name, bases, attributes)
-
-
-def find_trainer_class(name: str) -> type:
-    """Our trainers by name, else nnU-Net's own lookup (its folder, then ``nnUNet_extTrainer``)."""
-    import nnunet_semi.trainers
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    return getattr(nnunet_semi.trainers, name, None) or recursive_find_trainer_class_by_name(name)
-
-
-def budget_variant_from_name(name: str) -> type:
-    """Module ``__getattr__`` for nnU-Net's lookup: ``nnUNetTrainerMeanTeacher_5epochs_20its`` -> a variant."""
-    match = _BUDGET_NAME.fullmatch(name)
-    if match is None:
-        raise AttributeError(name)
-    iterations = match["iterations"]
-    return budget_variant(find_trainer_class(match["base"]), int(match["epochs"]),
-                          int(iterations) if iterations else None)

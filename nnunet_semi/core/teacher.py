@@ -8,6 +8,8 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
+from nnunet_semi.core.frozen import frozen_parts
+
 
 def unwrap_network(network: nn.Module) -> nn.Module:
     """The plain module behind DDP and ``torch.compile`` wrappers (shares parameters, copies nothing)."""
@@ -24,12 +26,15 @@ class EMATeacher:
     The decay is warmed up as a_k = min(1 - 1 / (k + 1), a) for the k-th update, as in the Mean Teacher code, so the
     teacher does not remember the random initialisation. Buffers (e.g. BatchNorm statistics) are copied from the
     student. Under DDP every rank holds identical student weights after each step, so every rank's teacher is
-    identical without communication.
+    identical without communication. Frozen parts (:class:`~nnunet_semi.core.frozen.FrozenPart`) and every other
+    parameter that does not train are shared with the student, never copied or averaged.
     """
 
     def __init__(self, student: nn.Module, decay: float):
         self.decay = decay
-        self.module = copy.deepcopy(unwrap_network(student)).requires_grad_(False).eval()
+        student = unwrap_network(student)
+        shared = {id(part): part for part in frozen_parts(student)}
+        self.module = copy.deepcopy(student, memo=shared).requires_grad_(False).eval()
 
     def decay_at(self, update_index: int) -> float:
         return min(1.0 - 1.0 / (update_index + 1), self.decay)
@@ -38,11 +43,12 @@ class EMATeacher:
     def update(self, student: nn.Module, update_index: int) -> None:
         student = unwrap_network(student)
         weight_of_student = 1.0 - self.decay_at(update_index)
-        teacher_params = list(self.module.parameters())
-        student_params = [p.detach() for p in student.parameters()]
-        torch._foreach_lerp_(teacher_params, student_params, weight_of_student)
+        pairs = [(t, s.detach()) for t, s in zip(self.module.parameters(), student.parameters()) if s.requires_grad]
+        if pairs:
+            torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], weight_of_student)
         for t, s in zip(self.module.buffers(), student.buffers()):
-            t.copy_(s)
+            if t is not s:  # frozen parts are shared
+                t.copy_(s)
 
     def __call__(self, x: torch.Tensor):
         return self.module(x)

@@ -11,15 +11,19 @@ import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
+from torch import autocast, nn
 from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
+from nnunet_semi.core.frozen import trainable_parameters
 from nnunet_semi.core.hyperparameters import ClassHyperparameters
 from nnunet_semi.core.logging import SemiLocalLogger
+from nnunet_semi.core.rampup import RAMPUPS
 from nnunet_semi.core.teacher import EMATeacher, unwrap_network
 from nnunet_semi.core.unlabeled import (
     UnlabeledViews,
@@ -46,35 +50,83 @@ def full_resolution(outputs_or_targets):
 
 
 def mean_over_workers(values) -> float:
-    """Mean of per-step values over all DDP workers (as nnU-Net averages its train loss), or locally."""
+    """Mean of per-step values over all DDP workers (as nnU-Net averages its train loss), or locally. NaN entries
+    (steps where a term is undefined, e.g. during a warm-up) are skipped; all-NaN gives NaN."""
     if dist.is_available() and dist.is_initialized():
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, np.asarray(values))
         values = np.concatenate([np.ravel(v) for v in gathered])
-    return float(np.mean(values))
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+class ScaledPolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly schedule; a parameter group with ``lr_scale`` gets that multiple of the scheduled rate."""
+
+    def step(self, current_step=None):
+        super().step(current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] *= group.get("lr_scale", 1.0)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def wrap_for_ddp(module: nn.Module, device: torch.device, local_rank: int) -> nn.Module:
+    """What nnU-Net does to its network under DDP: SyncBatchNorm, then DistributedDataParallel."""
+    module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return DistributedDataParallel(module, device_ids=[local_rank] if device.type == "cuda" else None)
 
 
 class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     """nnU-Net's trainer with unlabeled data; subclasses implement :meth:`compute_train_losses`.
 
+    Data:
+
     * Unlabeled cases are the training cases whose label is entirely the ignore label (see README). They are
       always trained on and never validated: cases of a validation fold that are unlabeled move to training.
-    * Each step draws a labeled batch (nnU-Net's loader, unchanged) and an unlabeled batch (nnU-Net's loader and
-      augmentation in background workers, ``unlabeled_views`` voxel-aligned views per crop).
+    * Each step draws a labeled batch (nnU-Net's loader, unchanged) and, from ``unlabeled_start_step`` on, an
+      unlabeled batch (nnU-Net's loader and augmentation in background workers, ``unlabeled_views`` voxel-aligned
+      views per crop; before that step :meth:`compute_train_losses` receives an empty tuple).
     * The ignore label marks unlabeled cases only; when no labeled case contains ignore voxels, the labeled part
       trains exactly as vanilla nnU-Net does on the labeled-only twin dataset (same loss, same crop sampling).
       Labeled cases with ignore voxels (sparse annotations) keep nnU-Net's ignore-label handling.
-    * ``ema_decay`` set: an EMA teacher of the student, updated after every optimiser step.
-    * Checkpoints keep nnU-Net's layout; ``network_weights`` are the student's, so stock ``nnUNetv2_predict``
-      uses the network whose pseudo-Dice, best checkpoint and final validation nnU-Net reports. The teacher and
-      step counter live under ``semi_state``.
-    * ``train_terms`` are logged once per epoch with nnU-Net's logger (checkpointed, shown in progress.png).
+
+    Extension points (a method is one module that overrides only these):
+
+    * :meth:`compute_train_losses` -> ``{'loss': ..., <train_terms>: ...}``; ``train_terms`` are logged once per
+      epoch with nnU-Net's logger (checkpointed, W&B, an extra panel in progress.png).
+    * :meth:`build_extra_modules` -> ``{name: module}`` for trainable modules outside the exported network
+      (projection heads, CPS's second network, class proxies). The base builds them on the device, compiles them
+      when nnU-Net compiles, DDP-wraps them, optimises them with the network (learning rate times
+      ``extra_module_lr_scale[name]``, default 1, on nnU-Net's poly schedule), clips their gradients with the
+      network's, switches them between train and eval with it and checkpoints them under ``semi_state``. Call
+      them through ``self.extra_modules[name]`` (the DDP-wrapped module).
+    * ``build_network_architecture`` as a classmethod that wraps nnU-Net's planned network (see
+      :mod:`nnunet_semi.core.network`): modules needed at inference live in ``network_weights`` and
+      ``nnUNetv2_predict`` rebuilds them.
+    * :meth:`load_pretrained_parts` loads pretrained weights into parts of the built network before the optimiser
+      exists; :class:`~nnunet_semi.core.frozen.FrozenPart` keeps a part frozen (no gradient, not optimised, shared
+      by the EMA teacher, optionally kept out of checkpoints).
+    * ``ema_decay`` set: an EMA teacher of the student, built from the student at ``teacher_start_step`` (at the
+      start of training by default, i.e. after ``-pretrained_weights`` were loaded) and updated after every later
+      optimiser step; :meth:`after_optimizer_step` is the per-step hook.
+    * ``exported_network``: ``'student'`` (default) or ``'teacher'``: the network written as ``network_weights``,
+      validated every epoch (pseudo Dice, ``checkpoint_best``) and in nnU-Net's final validation, so the numbers
+      nnU-Net prints belong to the network ``nnUNetv2_predict`` uses. The other network is kept in ``semi_state``.
+    * :meth:`validate_hyperparameters` checks class attributes at construction.
+
+    Checkpoints keep nnU-Net's layout plus ``semi_state`` (step counter, teacher, extra modules, which network was
+    exported) and are written atomically. ``checkpoint_latest`` is written every epoch (``save_every = 1``) so that
+    ``--c`` resumes where training stopped.
     """
 
     unlabeled_batch_ratio: float = 1.0
     unlabeled_views: int = 1
     ema_decay: float | None = None
+    exported_network: str = "student"
+    extra_module_lr_scale: dict[str, float] = {}
     train_terms: tuple[str, ...] = ()
+    save_every = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -83,9 +135,26 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
             raise RuntimeError(f"{self.__class__.__name__} does not support cascaded configurations "
                                f"({configuration}); use 2d or 3d_fullres.")
         self.teacher: EMATeacher | None = None
+        self.extra_modules: dict[str, nn.Module] = {}
         self.global_step = 0
         self.dataloader_unlabeled = None
         self.logger.local_logger = SemiLocalLogger(self.logger.local_logger, self.train_terms)
+
+    def validate_hyperparameters(self) -> None:
+        super().validate_hyperparameters()
+        self.require("unlabeled_batch_ratio", self.unlabeled_batch_ratio > 0, "> 0")
+        self.require("unlabeled_views", isinstance(self.unlabeled_views, int) and self.unlabeled_views >= 1,
+                     "an integer >= 1")
+        self.require("ema_decay", self.ema_decay is None or 0 <= self.ema_decay < 1, "None or in [0, 1)")
+        self.require("exported_network", self.exported_network in ("student", "teacher"), "'student' or 'teacher'")
+        self.require("exported_network", self.exported_network == "student" or self.ema_decay is not None,
+                     "'student' for a trainer without EMA teacher (ema_decay is None)")
+        self.require("extra_module_lr_scale", all(v > 0 for v in self.extra_module_lr_scale.values()),
+                     "a dict of positive learning-rate multipliers")
+
+    def require_rampup(self, name: str) -> None:
+        """Check that the class attribute ``name`` names one of :data:`~nnunet_semi.core.rampup.RAMPUPS`."""
+        self.require(name, getattr(self, name) in RAMPUPS, f"one of {sorted(RAMPUPS)}")
 
     # ------------------------------------------------------------------ cases and data
     @functools.cached_property
@@ -162,13 +231,76 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         data = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
         return split_views(data, self.unlabeled_views)
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------ networks and optimiser
+    def build_extra_modules(self) -> dict[str, nn.Module]:
+        """Trainable modules outside the exported network, by name (see the class docstring). None by default."""
+        return {}
+
+    def load_pretrained_parts(self, network: nn.Module) -> None:
+        """Load pretrained weights into parts of the freshly built (unwrapped) network, before the optimiser is
+        created. Parts wrapped in ``FrozenPart`` stay frozen. Nothing by default."""
+
+    def configure_optimizers(self):
+        """nnU-Net's optimiser and poly schedule over the trainable parameters of the network and the extra
+        modules (nnU-Net calls this once, after building and compiling the network and before wrapping it in DDP)."""
+        self.load_pretrained_parts(unwrap_network(self.network))
+        self.extra_modules = self._build_extra_modules()
+        optimizer, _ = super().configure_optimizers()
+        network_group = optimizer.param_groups[0]
+        network_group["params"] = [p for p in network_group["params"] if p.requires_grad]
+        for name, module in self.extra_modules.items():
+            optimizer.add_param_group({"params": list(trainable_parameters(module)),
+                                       "lr_scale": self.extra_module_lr_scale.get(name, 1.0)})
+        return optimizer, ScaledPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def _build_extra_modules(self) -> dict[str, nn.Module]:
+        modules = self.build_extra_modules()
+        unknown = set(self.extra_module_lr_scale) - set(modules)
+        if unknown:
+            raise RuntimeError(f"{type(self).__name__}.extra_module_lr_scale names unknown modules {sorted(unknown)}; "
+                               f"the extra modules are {sorted(modules)}.")
+        compiled = self._do_i_compile()
+        return {name: torch.compile(m.to(self.device)) if compiled else m.to(self.device)
+                for name, m in modules.items()}
+
     def initialize(self):
         if not self.was_initialized:
             self._use_dense_labels_if_possible()
         super().initialize()
-        if self.ema_decay is not None:
-            self.teacher = self.new_teacher()
+        if self.is_ddp:
+            self.extra_modules = {name: wrap_for_ddp(m, self.device, self.local_rank) if any(
+                trainable_parameters(m)) else m for name, m in self.extra_modules.items()}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimiser updates and gradient clipping covers: the network's and the extra modules'."""
+        parameters = list(trainable_parameters(self.network))
+        for module in self.extra_modules.values():
+            parameters += trainable_parameters(module)
+        return parameters
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        unwrap_network(self.network).decoder.deep_supervision = enabled
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        for module in self.extra_modules.values():
+            module.train()
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        for module in self.extra_modules.values():
+            module.eval()
+
+    # ------------------------------------------------------------------ teacher and export
+    @property
+    def teacher_start_step(self) -> int:
+        """Optimiser steps before the EMA teacher is built from the student (0: at the start of training)."""
+        return 0
+
+    @property
+    def unlabeled_start_step(self) -> int:
+        """Optimiser steps before unlabeled batches are drawn (0: from the first step)."""
+        return 0
 
     def new_teacher(self) -> EMATeacher:
         """An EMA teacher initialised from the current student, returning full-resolution logits only."""
@@ -176,6 +308,49 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         teacher.module.decoder.deep_supervision = False
         return teacher
 
+    def _maybe_start_teacher(self) -> None:
+        if self.ema_decay is None or self.teacher is not None or self.global_step < self.teacher_start_step:
+            return
+        self.teacher = self.new_teacher()
+        if self.global_step > 0:
+            self.print_to_log_file(f"EMA teacher initialised from the student after {self.global_step} iterations.")
+
+    @property
+    def exports_teacher(self) -> bool:
+        return self.exported_network == "teacher" and self.teacher is not None
+
+    @contextlib.contextmanager
+    def exported_network_in_place(self):
+        """Temporarily make ``self.network`` the exported network (the teacher if ``exported_network='teacher'``),
+        with the student's deep-supervision setting, so nnU-Net's validation code validates what is exported."""
+        if not self.exports_teacher:
+            yield
+            return
+        student, teacher = self.network, self.teacher.module
+        teacher.decoder.deep_supervision = unwrap_network(student).decoder.deep_supervision
+        self.network = teacher
+        try:
+            yield
+        finally:
+            self.network = student
+            teacher.decoder.deep_supervision = False
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.global_step == 0:
+            self.teacher = None  # built now, from the student as it starts (e.g. with -pretrained_weights)
+        self._maybe_start_teacher()
+        self.print_to_log_file(f"Exported network (network_weights, validation): {self.exported_network}")
+
+    def validation_step(self, batch: dict) -> dict:
+        with self.exported_network_in_place():
+            return super().validation_step(batch)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        with self.exported_network_in_place():
+            super().perform_actual_validation(save_probabilities)
+
+    # ------------------------------------------------------------------ training
     def autocast(self):
         """nnU-Net's mixed-precision policy: autocast on CUDA only."""
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
@@ -197,14 +372,15 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """The step's losses from a labeled batch (``data``, ``target`` as nnU-Net gives them) and the unlabeled
-        batch's views: ``'loss'`` (optimised) plus every name in ``train_terms`` (logged)."""
+        batch's views (empty before ``unlabeled_start_step``): ``'loss'`` (optimised) plus every name in
+        ``train_terms`` (logged)."""
         raise NotImplementedError
 
     def train_step(self, batch: dict) -> dict:
         labeled = {"data": batch["data"].to(self.device, non_blocking=True),
                    "target": [t.to(self.device, non_blocking=True) for t in batch["target"]]
                    if isinstance(batch["target"], list) else batch["target"].to(self.device, non_blocking=True)}
-        unlabeled = self.next_unlabeled_views()
+        unlabeled = self.next_unlabeled_views() if self.global_step >= self.unlabeled_start_step else ()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             terms = self.compute_train_losses(labeled, unlabeled)
@@ -215,21 +391,25 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
                 for k, v in terms.items()}
 
     def after_optimizer_step(self) -> None:
-        """Called after every optimiser step (``global_step`` already counts it): updates the EMA teacher."""
+        """Called after every optimiser step (``global_step`` already counts it): updates the EMA teacher (its
+        k-th update after it was built uses the warmed-up decay of update k), or builds it at
+        ``teacher_start_step``."""
         if self.teacher is not None:
-            self.teacher.update(self.network, self.global_step)
+            self.teacher.update(self.network, self.global_step - self.teacher_start_step)
+        else:
+            self._maybe_start_teacher()
 
     def _backward_and_step(self, loss: torch.Tensor) -> None:
-        """nnU-Net's update: (scaled) backward, gradient clipping at 12, optimiser step."""
+        """nnU-Net's update: (scaled) backward, gradient clipping at 12 over all trainable parameters, step."""
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
             self.optimizer.step()
 
     def total_iterations(self) -> int:
@@ -256,25 +436,35 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     # ------------------------------------------------------------------ checkpoints
     def semi_state_dict(self) -> dict:
         """Extra training state saved under ``semi_state``; subclasses extend it."""
-        state = {"global_step": self.global_step}
+        state = {"global_step": self.global_step, "exported": "teacher" if self.exports_teacher else "student",
+                 "extra_modules": {name: unwrap_network(m).state_dict() for name, m in self.extra_modules.items()}}
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
+        if self.exports_teacher:
+            state["student"] = unwrap_network(self.network).state_dict()
         return state
 
     def load_semi_state_dict(self, state: dict) -> None:
         self.global_step = state["global_step"]
-        if self.teacher is not None:
+        for name, module_state in state.get("extra_modules", {}).items():
+            unwrap_network(self.extra_modules[name]).load_state_dict(module_state)
+        if "student" in state:  # network_weights hold the exported teacher
+            unwrap_network(self.network).load_state_dict(state["student"])
+        if "teacher" in state:
+            self.teacher = self.new_teacher()
             self.teacher.load_state_dict(state["teacher"])
 
     def save_checkpoint(self, filename: str) -> None:
-        """nnUNetTrainer.save_checkpoint's layout plus ``semi_state``, written to a temporary name, then renamed."""
+        """nnUNetTrainer.save_checkpoint's layout plus ``semi_state``, written to a temporary name, then renamed.
+        ``network_weights`` are the exported network's."""
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
+        exported = self.teacher.module if self.exports_teacher else unwrap_network(self.network)
         checkpoint = {
-            "network_weights": unwrap_network(self.network).state_dict(),
+            "network_weights": exported.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "logging": self.logger.get_checkpoint(),

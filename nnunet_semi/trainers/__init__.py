@@ -1,12 +1,55 @@
-"""Our trainers, one module per method; stock nnU-Net finds them through ``nnunet_semi.env``."""
-from nnunet_semi.trainers.mean_teacher import nnUNetTrainerMeanTeacher
-from nnunet_semi.trainers.sra_seg import (
-    nnUNetTrainerSRASeg,
-    nnUNetTrainerSRASeg_dinov2SA,
-    nnUNetTrainerSRASeg_effnetSA,
-    nnUNetTrainerSRASeg_noSA,
-    nnUNetTrainerSRASeg_noWarmup,
-)
+"""Our trainers, found without a hand-kept list: every ``nnUNetTrainer`` subclass defined in a module of this
+package is exported under its class name. Stock nnU-Net finds them through ``nnunet_semi.env``.
 
-__all__ = ["nnUNetTrainerMeanTeacher", "nnUNetTrainerSRASeg", "nnUNetTrainerSRASeg_noSA",
-           "nnUNetTrainerSRASeg_effnetSA", "nnUNetTrainerSRASeg_dinov2SA", "nnUNetTrainerSRASeg_noWarmup"]
+Names of the form ``<Trainer>_<E>epochs`` or ``<Trainer>_<E>epochs_<I>its`` resolve (module ``__getattr__``) to
+budget variants of any trainer, ours or nnU-Net's.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_semi.core.hyperparameters import budget_variant
+
+
+def _discover_trainers() -> dict[str, type]:
+    trainers = {}
+    for info in pkgutil.iter_modules(__path__, prefix=f"{__name__}."):
+        module = importlib.import_module(info.name)
+        for name, value in inspect.getmembers(module, inspect.isclass):
+            if issubclass(value, nnUNetTrainer) and value.__module__ == module.__name__:
+                trainers[name] = value
+    return trainers
+
+
+TRAINERS: dict[str, type] = _discover_trainers()
+globals().update(TRAINERS)
+__all__ = sorted(TRAINERS)
+
+_BUDGET_NAME = re.compile(r"(?P<base>\w+?)_(?P<epochs>\d+)epochs(?:_(?P<iterations>\d+)its)?")
+
+
+def find_trainer_class(name: str) -> type:
+    """Our trainers by name, else nnU-Net's own lookup (its folder, then ``nnUNet_extTrainer``)."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    return TRAINERS.get(name) or recursive_find_trainer_class_by_name(name)
+
+
+def budget_variant_from_name(name: str) -> type:
+    """``nnUNetTrainerMeanTeacher_5epochs_20its`` -> that trainer with a 5 x 20 iteration budget."""
+    match = _BUDGET_NAME.fullmatch(name)
+    if match is None:
+        raise AttributeError(name)
+    iterations = match["iterations"]
+    return budget_variant(find_trainer_class(match["base"]), int(match["epochs"]),
+                          int(iterations) if iterations else None)
+
+
+def __getattr__(name: str) -> type:
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return budget_variant_from_name(name)

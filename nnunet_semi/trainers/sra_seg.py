@@ -10,8 +10,8 @@ synthetic) images:
 3. soft Dice + soft cross-entropy on the continuous labels (eq. 13-14), with nnU-Net's deep supervision (soft
    targets averaged down to every output scale);
 4. similarity alignment (SA, eq. 15-16, weight 0.1): a frozen extractor (DINOv2 ViT-B/14, or EfficientNet-Lite0)
-   finds each unlabeled sample's nearest labeled sample in the batch, and the segmentation network's own pooled
-   bottleneck features of the unlabeled sample are pulled towards those of that real sample;
+   finds each unlabeled sample's nearest labeled sample in the batch, and the segmentation network's own feature
+   statistics of the unlabeled sample are pulled towards those of that real sample;
 5. two phases: supervised warm-up on soft-mixed labeled pairs, then the semi-supervised phase with a teacher
    initialised from the warm-up student.
 
@@ -21,7 +21,13 @@ Where we differ from the authors' released code, and why:
   never reaches the segmentation network (and during warm-up it compares images with themselves). Eq. 15-16 define
   the distance to the nearest real sample; we keep the frozen extractor for the matching and for the logged domain
   gap, and apply the distance to the segmentation network's features, which the loss can move. Features are L2
-  normalised before the Euclidean distance so the term cannot shrink by scaling features down.
+  normalised before the Euclidean distance so the term cannot shrink by scaling features down. The network's
+  features are the per-channel mean and standard deviation of its last decoder stage: pooled bottleneck outputs,
+  taken after InstanceNorm and LeakyReLU, have their per-sample statistics normalised away (a toy image and noise
+  have cosine 0.996 at initialisation), while the decoder statistics separate visibly different images.
+* Soft Dice: eq. 13 sums over all voxels of the batch per class (``soft_dice_reduction = 'batch'``); the released
+  code averages Dice over samples and classes, so a class absent from one sample costs about 1/C there
+  (``'sample'``, variant ``nnUNetTrainerSRASeg_sampleDice``).
 * Soft edges: the released code finally uses a zero-padded 5x5 Gaussian, which darkens the patch border; we use the
   paper's 3x3 average pool without counting the padding.
 * Each sample gets its own hole position (the released code shares one per batch), both mixtures are built from the
@@ -34,19 +40,25 @@ import torch
 import torch.nn.functional as F
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-from nnunet_semi.core.feature_extractors import FrozenFeatureExtractor, load_feature_extractor
-from nnunet_semi.core.losses import SoftDiceCELoss, soft_targets_for_outputs
-from nnunet_semi.core.mixing import blend, soft_box_mask
-from nnunet_semi.core.pseudo_labels import filtered_hard_pseudo_labels
+from nnunet_semi.components.feature_extractors import EXTRACTORS, FrozenFeatureExtractor, load_feature_extractor
+from nnunet_semi.components.mixing import blend, soft_box_mask
+from nnunet_semi.components.pseudo_labels import filtered_hard_pseudo_labels
+from nnunet_semi.components.soft_losses import DICE_REDUCTIONS, SoftDiceCELoss, soft_targets_for_outputs
 from nnunet_semi.core.teacher import unwrap_network
 from nnunet_semi.core.trainer import Batch, full_resolution, nnUNetTrainerSemi, split_batch_outputs
 
 
-def pooled_bottleneck_features(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Global-average-pooled deepest encoder features of an nnU-Net architecture, (B, C)."""
-    skips = unwrap_network(network).encoder(x)
-    deepest = skips[-1] if isinstance(skips, (list, tuple)) else skips
-    return deepest.flatten(2).mean(-1)
+def decoder_feature_statistics(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean and standard deviation of the last decoder stage of an nnU-Net architecture for a batch
+    (B, C_in, *spatial) -> (B, 2 * C_last)."""
+    captured = []
+    hook = unwrap_network(network).decoder.stages[-1].register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        unwrap_network(network)(x)
+    finally:
+        hook.remove()
+    features = captured[0].flatten(2).float()
+    return torch.cat((features.mean(-1), features.std(-1)), dim=1)
 
 
 def nearest_real_distances(synthetic: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +88,11 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
     * ``sa_weight``: lambda of the SA loss (0 disables it; the domain gap is still logged).
     * ``sa_extractor``: ``auto`` (DINOv2 if its weights are available locally, else EfficientNet-Lite0),
       ``dinov2``, ``efficientnet_lite0`` or ``none``.
+    * ``soft_dice_reduction``: ``'batch'`` (eq. 13) or ``'sample'`` (the released code).
     * ``ema_decay``, ``hole_fraction``, ``blur_kernel_size``.
+
+    Every unlabeled sample is mixed with the labeled sample at the same batch position, so the unlabeled batch
+    size equals the labeled one (``unlabeled_batch_ratio`` must stay 1).
     """
 
     ema_decay = 0.99
@@ -85,7 +101,20 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
     sa_extractor = "auto"
     hole_fraction = 2 / 3
     blur_kernel_size = 3
+    soft_dice_reduction = "batch"
     train_terms = ("loss_seg", "loss_sa", "domain_gap")
+
+    def validate_hyperparameters(self) -> None:
+        super().validate_hyperparameters()
+        self.require("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)")
+        self.require("sa_weight", self.sa_weight >= 0, ">= 0")
+        self.require("sa_extractor", self.sa_extractor in EXTRACTORS, f"one of {EXTRACTORS}")
+        self.require("hole_fraction", 0 < self.hole_fraction < 1, "in (0, 1)")
+        self.require("blur_kernel_size", isinstance(self.blur_kernel_size, int) and self.blur_kernel_size >= 1
+                     and self.blur_kernel_size % 2 == 1, "an odd integer >= 1 (1: hard edges)")
+        self.require("soft_dice_reduction", self.soft_dice_reduction in DICE_REDUCTIONS, f"one of {DICE_REDUCTIONS}")
+        self.require("unlabeled_batch_ratio", self.unlabeled_batch_ratio == 1,
+                     "1: each unlabeled sample is mixed with the labeled sample at its batch position")
 
     def initialize(self):
         super().initialize()
@@ -93,7 +122,8 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
             raise RuntimeError(f"{self.__class__.__name__} mixes one-hot labels: it needs densely labeled cases "
                                f"and class labels, not regions or ignore voxels in labeled cases.")
         weights = self.loss.weight_factors if self.enable_deep_supervision else None
-        self.soft_loss = DeepSupervisionWrapper(SoftDiceCELoss(), weights) if weights else SoftDiceCELoss()
+        loss = SoftDiceCELoss(self.soft_dice_reduction)
+        self.soft_loss = DeepSupervisionWrapper(loss, weights) if weights else loss
         self.feature_extractor: FrozenFeatureExtractor | None = load_feature_extractor(self.sa_extractor)
         if self.feature_extractor is not None:
             self.feature_extractor.to(self.device)
@@ -102,6 +132,16 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
     @property
     def warmup_steps(self) -> int:
         return round(self.warmup_fraction * self.total_iterations())
+
+    @property
+    def teacher_start_step(self) -> int:
+        """The teacher starts from the warm-up student."""
+        return self.warmup_steps
+
+    @property
+    def unlabeled_start_step(self) -> int:
+        """The warm-up uses labeled data only: no unlabeled batch is drawn before it ends."""
+        return self.warmup_steps
 
     @property
     def num_classes(self) -> int:
@@ -151,19 +191,9 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
         gap, nearest = nearest_real_distances(self.feature_extractor(x_u), self.feature_extractor(x_l))
         if self.sa_weight == 0:
             return torch.zeros((), device=x_u.device), gap.mean()
-        with torch.no_grad():
-            real_features = pooled_bottleneck_features(self.network, x_l)
-        loss = similarity_alignment_loss(pooled_bottleneck_features(self.network, x_u), real_features, nearest)
-        return loss, gap.mean()
-
-    def after_optimizer_step(self) -> None:
-        """No teacher updates during warm-up; at its end the teacher starts from the warm-up student."""
-        if self.global_step == self.warmup_steps:
-            self.teacher = self.new_teacher()
-            self.print_to_log_file(f"Warm-up done after {self.global_step} iterations: teacher initialised from "
-                                   f"the student, semi-supervised phase starts.")
-        elif self.global_step > self.warmup_steps:
-            super().after_optimizer_step()
+        synthetic_features, real_features = decoder_feature_statistics(
+            self.network, torch.cat((x_u, x_l))).split((x_u.shape[0], x_l.shape[0]))
+        return similarity_alignment_loss(synthetic_features, real_features, nearest), gap.mean()
 
 
 class nnUNetTrainerSRASeg_noSA(nnUNetTrainerSRASeg):
@@ -182,6 +212,12 @@ class nnUNetTrainerSRASeg_dinov2SA(nnUNetTrainerSRASeg):
     """SA matching with DINOv2 ViT-B/14 only (fails with instructions if its weights are not available)."""
 
     sa_extractor = "dinov2"
+
+
+class nnUNetTrainerSRASeg_sampleDice(nnUNetTrainerSRASeg):
+    """Soft Dice averaged over samples and classes, as in the authors' released code."""
+
+    soft_dice_reduction = "sample"
 
 
 class nnUNetTrainerSRASeg_noWarmup(nnUNetTrainerSRASeg):
