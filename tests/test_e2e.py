@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,76 @@ class nnUNetTrainerMeanTeacher_resumable(nnUNetTrainerMeanTeacher):
     num_iterations_per_epoch = 3
     num_val_iterations_per_epoch = 1
     save_every = 1
+"""
+
+# A method written only against the core's extension points: a classmethod-built network (planned network + learned
+# class bias + a frozen, non-checkpointed input filter), an extra trainable module with its own learning-rate scale,
+# the EMA teacher exported as network_weights. TOY_STOP_AT_EPOCH=k stops the run once k epochs are done (a crash
+# after checkpoint_latest); TOY_RECORD=path saves what training starts from, to compare with the checkpoints.
+EXTENSION_TRAINER = """
+import os
+
+import torch
+from torch import nn
+
+from nnunet_semi.core.frozen import FrozenPart, trainable_parameters
+from nnunet_semi.core.network import PlannedNetworkWrapper, planned_network
+from nnunet_semi.core.trainer import full_resolution
+from nnunet_semi.trainers import nnUNetTrainerMeanTeacher
+
+
+class BiasedNetwork(PlannedNetworkWrapper):
+    def __init__(self, planned, num_classes, num_channels):
+        super().__init__(planned)
+        self.class_bias = nn.Parameter(torch.zeros(num_classes))
+        smoother = nn.Conv2d(num_channels, num_channels, 3, padding=1, bias=False)
+        with torch.no_grad():
+            smoother.weight.fill_(0.05)
+            smoother.weight[:, :, 1, 1] += 0.6  # reproducible from this code: kept out of checkpoints
+        self.smoother = FrozenPart(smoother, source="fixed 3x3 smoothing")
+
+    def forward(self, x):
+        outputs = self.planned(self.smoother(x))
+        bias = self.class_bias.view(1, -1, 1, 1)
+        return [o + bias for o in outputs] if isinstance(outputs, (list, tuple)) else outputs + bias
+
+
+class nnUNetTrainerToyExtension(nnUNetTrainerMeanTeacher):
+    num_epochs = 3
+    num_iterations_per_epoch = 2
+    num_val_iterations_per_epoch = 1
+    exported_network = "teacher"
+    extra_module_lr_scale = {"projection": 0.5}
+    train_terms = nnUNetTrainerMeanTeacher.train_terms + ("loss_aux",)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        planned = planned_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                  enable_deep_supervision)
+        return BiasedNetwork(planned, num_output_channels, num_input_channels)
+
+    def build_extra_modules(self):
+        return {"projection": nn.Linear(self.label_manager.num_segmentation_heads, 4)}
+
+    def compute_train_losses(self, labeled, unlabeled):
+        terms = super().compute_train_losses(labeled, unlabeled)
+        pooled = self.probabilities(full_resolution(self.network(labeled["data"]))).mean((2, 3))
+        loss_aux = (self.extra_modules["projection"](pooled) - 1).square().mean()
+        return {**terms, "loss": terms["loss"] + 0.1 * loss_aux, "loss_aux": loss_aux}
+
+    def on_train_start(self):
+        super().on_train_start()
+        if "TOY_RECORD" in os.environ:
+            torch.save({"global_step": self.global_step, "projection": self.extra_modules["projection"].state_dict(),
+                        "teacher": self.teacher.state_dict(), "student": self.network.state_dict(),
+                        "trainable_network_parameters": len(list(trainable_parameters(self.network)))},
+                       os.environ["TOY_RECORD"])
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if os.environ.get("TOY_STOP_AT_EPOCH") == str(self.current_epoch):
+            raise SystemExit(f"stopped after {self.current_epoch} epochs")
 """
 
 
@@ -84,6 +155,7 @@ def toy_2d(tmp_path_factory) -> Workspace:
     ext = root / "my_trainers"
     ext.mkdir()
     (ext / "my_trainers.py").write_text(textwrap.dedent(RESUMABLE_TRAINER))
+    (ext / "my_extension_trainers.py").write_text(textwrap.dedent(EXTENSION_TRAINER))
     workspace = Workspace(root, ext)
     images, masks = write_toy_2d_folders(root / "toy", num_cases=24, size=48)
     _run(_cli("convert-2d", str(images), str(masks), "-o", "501", "-n", "Toy", "--mask-values", "--label-names",
@@ -152,6 +224,67 @@ def test_2d_mean_teacher_trains_resumes_and_predicts(toy_2d):
     predicted = sorted(predictions.glob("*.png"))
     assert len(predicted) == len(list(images.glob("*.png"))) > 0
     assert set(np.unique(np.asarray(Image.open(predicted[0])))) <= {0, 1, 2}
+
+
+def test_extension_points_train_resume_and_predict_identically(toy_2d):
+    """A trainer built on the core's hooks trains, resumes bit-exactly with --c and predicts through stock
+    nnUNetv2_predict exactly what its own final validation predicted (with the exported teacher)."""
+    trainer, dataset = "nnUNetTrainerToyExtension", "Dataset502_ToySemi6"
+    fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
+    record = toy_2d.root / "toy_record.pt"
+    stopped = subprocess.run(["nnUNetv2_train", "502", "2d", "0", "-tr", trainer, "-device", "cpu"],
+                             env={**toy_2d.env, "TOY_STOP_AT_EPOCH": "1"}, capture_output=True, text=True)
+    assert stopped.returncode != 0 and "stopped after 1 epochs" in stopped.stderr
+    latest = torch.load(fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    semi = latest["semi_state"]
+    assert latest["current_epoch"] == 1 and semi["global_step"] == 2 and semi["exported"] == "teacher"
+    assert not any("smoother" in k for k in latest["network_weights"])  # frozen part: rebuilt, not stored
+    assert all(torch.equal(latest["network_weights"][k], v) for k, v in semi["teacher"].items())
+
+    _run(["nnUNetv2_train", "502", "2d", "0", "-tr", trainer, "-device", "cpu", "--c", "--npz"],
+         {**toy_2d.env, "TOY_RECORD": str(record)})
+    resumed = torch.load(record, weights_only=False)
+    assert resumed["global_step"] == 2
+    for name, saved in (("projection", semi["extra_modules"]["projection"]), ("teacher", semi["teacher"]),
+                        ("student", semi["student"])):
+        assert set(resumed[name]) == set(saved) and all(torch.equal(resumed[name][k], v) for k, v in saved.items())
+    final = toy_2d.checkpoint(dataset, trainer, "2d")
+    assert final["current_epoch"] == 3 and final["semi_state"]["global_step"] == 6
+    _assert_terms_logged(final, ("loss_aux", "loss_consistency"), 3)
+    groups = final["optimizer_state"]["param_groups"]
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(0.5 * groups[0]["lr"])
+    assert len(groups[0]["params"]) == resumed["trainable_network_parameters"]  # no frozen tensor optimised
+    assert not torch.equal(final["semi_state"]["student"]["class_bias"], final["network_weights"]["class_bias"])
+
+    # stock nnUNetv2_predict on the validation cases == the trainer's own final validation (teacher exported)
+    validation = fold_dir / "validation"
+    cases = sorted(p.name[:-len(".npz")] for p in validation.glob("*.npz"))
+    assert cases
+    images = toy_2d.root / "validation_images"
+    images.mkdir()
+    for case in cases:
+        shutil.copy(toy_2d.folders["nnUNet_raw"] / dataset / "imagesTr" / f"{case}_0000.png", images)
+    out = toy_2d.root / "validation_predicted"
+    _run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", "502", "-c", "2d", "-f", "0", "-tr", trainer,
+          "-device", "cpu", "-npp", "1", "-nps", "1", "--save_probabilities"], toy_2d.env)
+    for case in cases:
+        inside = np.load(validation / f"{case}.npz")["probabilities"]
+        stock = np.load(out / f"{case}.npz")["probabilities"]
+        np.testing.assert_allclose(stock, inside, atol=1e-6)
+        assert np.array_equal(np.asarray(Image.open(out / f"{case}.png")),
+                              np.asarray(Image.open(validation / f"{case}.png")))
+
+    # -pretrained_weights: the teacher starts from the loaded student, not from the random initialisation
+    pretrained = subprocess.run(["nnUNetv2_train", "502", "2d", "1", "-tr", trainer, "-device", "cpu",
+                                 "-pretrained_weights", str(fold_dir / "checkpoint_final.pth")],
+                                env={**toy_2d.env, "TOY_RECORD": str(record), "TOY_STOP_AT_EPOCH": "1"},
+                                capture_output=True, text=True)
+    assert "stopped after 1 epochs" in pretrained.stderr, pretrained.stderr[-2000:]
+    started = torch.load(record, weights_only=False)
+    loaded = final["network_weights"]
+    encoder_keys = [k for k in loaded if k.startswith("planned.encoder.")]
+    assert encoder_keys and all(torch.equal(started["student"][k], loaded[k]) for k in encoder_keys)
+    assert all(torch.equal(started["teacher"][k], started["student"][k]) for k in started["teacher"])
 
 
 def test_2d_sra_seg_both_phases_and_predicts(toy_2d):

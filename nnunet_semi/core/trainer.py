@@ -32,6 +32,7 @@ from nnunet_semi.core.unlabeled import (
     nnUNetUnlabeledDataLoader,
     split_views,
 )
+from nnunet_semi.errors import UserError
 from nnunet_semi.files import write_atomic
 
 Batch = dict[str, torch.Tensor | list[torch.Tensor]]
@@ -185,6 +186,22 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
                                f"labeled validation cases; both must be non-empty.")
         return labeled_tr, labeled_val
 
+    def _refuse_mask_for_norm(self) -> None:
+        """nnU-Net z-scores channels with ``use_mask_for_norm`` inside the nonzero mask, which preprocessing marks
+        in the label (-1 outside) only where the label is background; an all-ignore unlabeled case gets no mask, so
+        it would be normalised over the whole image while labeled cases use the mask. Refuse instead of training
+        on two different intensity scales."""
+        channels = [c for c, masked in enumerate(self.configuration_manager.use_mask_for_norm) if masked]
+        if channels and self.unlabeled_keys:
+            raise UserError(
+                f"The plans of configuration '{self.configuration}' set use_mask_for_norm for channel(s) {channels} "
+                f"(nnU-Net does this for images with a zero background, e.g. skull-stripped MRI). Unlabeled cases "
+                f"carry no nonzero mask, so they would be normalised differently from labeled ones. Set "
+                f"\"use_mask_for_norm\" to false for every channel of this configuration in "
+                f"{self.preprocessed_dataset_folder_base}/{self.plans_manager.plans_name}.json (or in a copy under "
+                f"another plans name, -p), preprocess again (nnunet-semi plan) and retrain the baseline with the same "
+                f"plans.")
+
     def _use_dense_labels_if_possible(self) -> None:
         """Drop the ignore label from the training label manager when it only marks unlabeled cases."""
         ignore = self.label_manager.ignore_label
@@ -265,6 +282,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     def initialize(self):
         if not self.was_initialized:
+            self._refuse_mask_for_norm()
             self._use_dense_labels_if_possible()
         super().initialize()
         if self.is_ddp:

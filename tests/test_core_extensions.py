@@ -1,0 +1,147 @@
+"""Unit tests of the core's extension points: frozen parts, the EMA teacher around them, per-module learning rates,
+hyperparameter validation at construction, NaN-aware logging, trainer discovery, the use_mask_for_norm refusal."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from nnunet_semi.core.frozen import FrozenPart, frozen_parts, trainable_parameters
+from nnunet_semi.core.teacher import EMATeacher
+from nnunet_semi.core.trainer import ScaledPolyLRScheduler, mean_over_workers, nnUNetTrainerSemi
+from nnunet_semi.errors import UserError
+from nnunet_semi.trainers import TRAINERS, nnUNetTrainerMeanTeacher, nnUNetTrainerSRASeg
+
+
+class _WithFrozenBranch(nn.Module):
+    def __init__(self, in_checkpoint: bool):
+        super().__init__()
+        self.head = nn.Linear(3, 2)
+        self.branch = FrozenPart(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.5)),
+                                 source="test", in_checkpoint=in_checkpoint)
+
+    def forward(self, x):
+        return self.head(self.branch(x))
+
+
+def test_frozen_part_out_of_gradients_optimiser_and_checkpoint():
+    model = _WithFrozenBranch(in_checkpoint=False)
+    assert set(model.state_dict()) == {"head.weight", "head.bias"}  # reproducible from its source: not stored
+    assert [p.shape for p in trainable_parameters(model)] == [(2, 3), (2,)]
+    model.train()
+    assert model.head.training and not model.branch.training and not model.branch.module[2].training
+    x = torch.randn(4, 3)
+    assert torch.equal(model(x), model(x))  # dropout and BatchNorm statistics stay fixed
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+    model.load_state_dict(model.state_dict())  # strict loading (nnUNetv2_predict) works without the frozen part
+    kept = _WithFrozenBranch(in_checkpoint=True)
+    assert "branch.module.0.weight" in kept.state_dict() and len(list(trainable_parameters(kept))) == 2
+
+
+@pytest.mark.parametrize("in_checkpoint", [False, True])
+def test_ema_teacher_shares_frozen_parts_and_averages_the_rest(in_checkpoint):
+    student = _WithFrozenBranch(in_checkpoint)
+    teacher = EMATeacher(student, decay=0.5)
+    assert frozen_parts(teacher.module)[0] is student.branch  # shared, not copied
+    frozen_before = [t.clone() for t in student.branch.state_dict(keep_vars=True).values()] + \
+        [b.clone() for b in student.branch.buffers()]
+    with torch.no_grad():
+        student.head.weight.add_(2.0)
+    old = teacher.module.head.weight.clone()
+    teacher.update(student, update_index=10)
+    torch.testing.assert_close(teacher.module.head.weight, 0.5 * old + 0.5 * student.head.weight)
+    after = [t for t in student.branch.state_dict(keep_vars=True).values()] + list(student.branch.buffers())
+    assert all(torch.equal(a, b) for a, b in zip(frozen_before, after))
+
+
+def test_scaled_poly_schedule_gives_extra_modules_their_multiple():
+    network, extra = nn.Linear(2, 2), nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01)
+    optimizer.add_param_group({"params": extra.parameters(), "lr_scale": 0.1})
+    scheduler = ScaledPolyLRScheduler(optimizer, 0.01, 10)
+    scheduler.step(5)
+    expected = 0.01 * (1 - 5 / 10) ** 0.9
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert optimizer.param_groups[1]["lr"] == pytest.approx(0.1 * expected)
+
+
+def _validate(trainer_class: type, **attributes) -> None:
+    """Run the construction-time check of a one-line variant (without plans or data)."""
+    variant = type("Variant", (trainer_class,), attributes)
+    trainer = object.__new__(variant)
+    trainer.validate_hyperparameters()
+
+
+@pytest.mark.parametrize("trainer_class, attributes, message", [
+    (nnUNetTrainerMeanTeacher, {"consistency_rampup": "cosine"}, "consistency_rampup = 'cosine'"),
+    (nnUNetTrainerMeanTeacher, {"ema_decay": 1.5}, "ema_decay"),
+    (nnUNetTrainerMeanTeacher, {"consistency_rampup_fraction": 2}, "consistency_rampup_fraction"),
+    (nnUNetTrainerMeanTeacher, {"exported_network": "both"}, "exported_network"),
+    (nnUNetTrainerSRASeg, {"hole_fraction": 1.2}, "hole_fraction"),
+    (nnUNetTrainerSRASeg, {"warmup_fraction": 1.0}, "warmup_fraction"),
+    (nnUNetTrainerSRASeg, {"blur_kernel_size": 4}, "blur_kernel_size"),
+    (nnUNetTrainerSRASeg, {"unlabeled_batch_ratio": 0.5}, "unlabeled_batch_ratio"),
+    (nnUNetTrainerSRASeg, {"soft_dice_reduction": "voxel"}, "soft_dice_reduction"),
+    (nnUNetTrainerSRASeg, {"sa_extractor": "clip"}, "sa_extractor"),
+])
+def test_bad_hyperparameters_stop_at_construction(trainer_class, attributes, message):
+    with pytest.raises(UserError, match=message):
+        _validate(trainer_class, **attributes)
+
+
+def test_default_hyperparameters_are_valid():
+    for trainer_class in TRAINERS.values():
+        _validate(trainer_class)
+
+
+def test_validation_runs_inside_the_constructor():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_semi.core.hyperparameters import ClassHyperparameters
+
+    class Recorder(nnUNetTrainer):  # stands in for nnUNetTrainer.__init__
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
+            self.num_epochs = 1000
+
+    class Checked(ClassHyperparameters, Recorder):
+        num_epochs = 0
+
+        def validate_hyperparameters(self):
+            self.require("num_epochs", self.num_epochs > 0, "> 0")
+
+    with pytest.raises(UserError, match="Checked.num_epochs = 0"):
+        Checked({}, "2d", 0, {})
+
+
+def test_nan_aware_mean_for_terms_undefined_in_part_of_an_epoch():
+    assert mean_over_workers([float("nan"), 1.0, 3.0]) == 2.0  # the epoch in which a warm-up ends
+    assert math.isnan(mean_over_workers([float("nan")] * 3))
+
+
+def test_trainers_are_discovered_without_a_list_and_core_does_not_import_them():
+    assert {"nnUNetTrainerMeanTeacher", "nnUNetTrainerSRASeg", "nnUNetTrainerSRASeg_sampleDice",
+            "nnUNetTrainerSRASeg_noWarmup"} <= set(TRAINERS)
+    code = ("import sys, nnunet_semi.core.trainer, nnunet_semi.core.hyperparameters; "
+            "assert 'nnunet_semi.trainers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import nnunet_semi.nnunet_ext.nnunet_semi_trainers as shim
+    assert shim.nnUNetTrainerSRASeg_sampleDice is TRAINERS["nnUNetTrainerSRASeg_sampleDice"]
+    assert shim.nnUNetTrainerSRASeg_2epochs_3its.num_epochs == 2
+
+
+def test_use_mask_for_norm_with_unlabeled_cases_is_refused():
+    trainer = object.__new__(nnUNetTrainerSemi)
+    trainer.__dict__.update(
+        configuration="3d_fullres", configuration_manager=SimpleNamespace(use_mask_for_norm=[False, True]),
+        unlabeled_keys=["case_9"], preprocessed_dataset_folder_base="/pre/Dataset101",
+        plans_manager=SimpleNamespace(plans_name="nnUNetPlans"))
+    with pytest.raises(UserError, match=r"use_mask_for_norm for channel\(s\) \[1\].*nnUNetPlans.json"):
+        trainer._refuse_mask_for_norm()
+    trainer.configuration_manager = SimpleNamespace(use_mask_for_norm=[False, False])
+    trainer._refuse_mask_for_norm()
