@@ -67,13 +67,14 @@ def summarize(runs: Mapping[int | str, FoldMetrics]) -> Summary:
     return summary
 
 
-def gap_closed(method_dice: float, reference_dice: float, upper_bound_dice: float) -> float:
+def gap_closed(method_dice: float, reference_dice: float, upper_bound_dice: float, noise: float = 0.0) -> float:
     """Fraction of the reference-to-upper-bound Dice gap a method closes: (method - ref) / (upper - ref).
 
-    0 means no better than vanilla nnU-Net on the labeled cases, 1 means as good as nnU-Net with all labels; NaN
-    when the gap is zero or a value is missing.
+    0 means no better than vanilla nnU-Net on the labeled cases, 1 means as good as nnU-Net with all labels. NaN
+    when a value is missing or the gap is not positive or not above ``noise`` (e.g. the reference's run-to-run
+    std): dividing by such a gap gives meaningless numbers, even positive ones for methods below the reference.
     """
     gap = upper_bound_dice - reference_dice
-    if not math.isfinite(gap) or gap == 0 or not math.isfinite(method_dice):
+    if not math.isfinite(gap) or gap <= max(noise, 0.0) or not math.isfinite(method_dice):
         return math.nan
     return (method_dice - reference_dice) / gap

@@ -175,7 +175,8 @@ def build_rows(methods: Sequence[MethodResults], split: str) -> list[Row]:
         dice = _mean_dice(summaries[id(m)])
         rows.append(Row(
             method=m, summary=summaries[id(m)],
-            gap_closed=(gap_closed(dice, _mean_dice(summaries[id(reference)]), _mean_dice(summaries[id(upper)]))
+            gap_closed=(gap_closed(dice, _mean_dice(summaries[id(reference)]), _mean_dice(summaries[id(upper)]),
+                                   _dice_std(summaries[id(reference)]))
                         if reference is not None and upper is not None else math.nan),
             time_ratio=_ratio(m.seconds_per_iteration, reference.seconds_per_iteration if reference else None),
             cases=len({case for cases in getattr(m, split).values() for case in cases}),
@@ -199,6 +200,12 @@ def _reference_for(method: MethodResults, candidates: Sequence[MethodResults]) -
 
 def _mean_dice(summary: Summary) -> float:
     return summary[MEAN]["Dice"].mean if MEAN in summary else math.nan
+
+
+def _dice_std(summary: Summary) -> float:
+    """The run-to-run std of the mean Dice (0 with a single run)."""
+    std = summary[MEAN]["Dice"].std if MEAN in summary else math.nan
+    return std if math.isfinite(std) else 0.0
 
 
 def _ratio(value: float | None, reference: float | None) -> float:
@@ -256,7 +263,7 @@ def _summary_table(rows: Sequence[Row], settings: ReportSettings) -> list[str]:
         "Labeled": ([_format_fraction(r.method.labeled_fraction) for r in rows],
                     any(r.method.labeled_fraction is not None for r in rows)),
         "Budget": ([str(r.method.budget or "nnU-Net default") for r in rows], any(r.method.budget for r in rows)),
-        "Gap closed": ([_percent(r.gap_closed) for r in rows], any(math.isfinite(r.gap_closed) for r in rows)),
+        "Gap closed": ([_percent(r.gap_closed) or "n/a" for r in rows], _has_upper_bound(rows)),
         "s / it": ([_number(r.method.seconds_per_iteration) for r in rows],
                    any(r.method.seconds_per_iteration for r in rows)),
         "Time vs reference": ([_times(r.time_ratio) for r in rows], any(math.isfinite(r.time_ratio) for r in rows)),
@@ -279,6 +286,18 @@ def _per_class_table(rows: Sequence[Row], metric: str, settings: ReportSettings)
     return [f"**{_metric_header(metric, settings)}**", "", *_markdown_table(header, body)]
 
 
+def _has_upper_bound(rows: Sequence[Row]) -> bool:
+    return any(r.method.role == "upper_bound" for r in rows) and any(r.method.role == "reference" for r in rows)
+
+
+def _gap_note(rows: Sequence[Row]) -> list[str]:
+    """Why "Gap closed" is n/a, when it is."""
+    if not _has_upper_bound(rows) or all(math.isfinite(r.gap_closed) for r in rows):
+        return []
+    return ["Gap closed is n/a where the all-labels upper bound's mean Dice is not above the reference's by more "
+            "than the reference's run-to-run std: that gap is too small to divide by.", ""]
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}%" if math.isfinite(value) else ""
 
@@ -299,9 +318,10 @@ def render_markdown(tables: Mapping[str, Sequence[Row]], settings: ReportSetting
     lines += _markdown_table(["Setting", "Value"], [[k, str(v)] for k, v in details.items()]) + [""]
     for split, rows in tables.items():
         folds = sorted({str(f) for r in rows for f in _non_empty(getattr(r.method, split))})
-        lines += [f"## {SPLITS[split]}", "",
-                  f"Mean over classes; mean ± std over {'folds' if split == 'cv' else 'runs'} "
-                  f"({', '.join(folds)}).", "", *_summary_table(rows, settings), ""]
+        runs = "validation folds" if split == "cv" else "models of folds"
+        spread = "mean ± std over" if len(folds) > 1 else "one run, no std:"
+        lines += [f"## {SPLITS[split]}", "", f"Mean over classes; {spread} {runs} {', '.join(folds)}.", "",
+                  *_summary_table(rows, settings), "", *_gap_note(rows)]
         classes, metrics = _classes_and_metrics(rows)
         if len(classes) > 2:  # more than one class besides "mean"
             lines += ["### Per class", ""]
