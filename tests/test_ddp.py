@@ -90,3 +90,27 @@ def test_encoder_passes_outside_the_ddp_forward_get_averaged_gradients(tmp_path)
     results = mp.Manager().dict()
     mp.spawn(_encoder_gradient_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
     assert results[0] and results[1]
+
+
+def _extra_module_worker(rank: int, world_size: int, init_file: str, results) -> None:
+    """An extra module wrapped as the base trainer wraps it gets gradients averaged over ranks."""
+    from nnunet_semi.core.trainer import wrap_for_ddp
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    wrapped = wrap_for_ddp(module, torch.device("cpu"), rank)
+    torch.manual_seed(10 + rank)
+    x = torch.randn(6, 3)
+    wrapped(x).square().mean().backward()
+    grads = [p.grad.clone() for p in wrapped.parameters()]
+    gathered = [[torch.zeros_like(g) for _ in range(world_size)] for g in grads]
+    for g, out in zip(grads, gathered):
+        dist.all_gather(out, g)
+    results[rank] = all(torch.equal(out[0], out[1]) for out in gathered)
+    dist.destroy_process_group()
+
+
+def test_extra_modules_are_ddp_wrapped_like_the_network(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_extra_module_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    assert results[0] and results[1]

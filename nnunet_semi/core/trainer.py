@@ -73,9 +73,11 @@ class ScaledPolyLRScheduler(PolyLRScheduler):
 
 
 def wrap_for_ddp(module: nn.Module, device: torch.device, local_rank: int) -> nn.Module:
-    """What nnU-Net does to its network under DDP: SyncBatchNorm, then DistributedDataParallel."""
-    module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return DistributedDataParallel(module, device_ids=[local_rank] if device.type == "cuda" else None)
+    """What nnU-Net does to its network under DDP (SyncBatchNorm, then DistributedDataParallel); on CPU (gloo, our
+    tests) without SyncBatchNorm, which DDP supports on GPUs only."""
+    if device.type != "cuda":
+        return DistributedDataParallel(module)
+    return DistributedDataParallel(torch.nn.SyncBatchNorm.convert_sync_batchnorm(module), device_ids=[local_rank])
 
 
 class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
