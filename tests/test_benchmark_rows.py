@@ -28,3 +28,24 @@ def test_rows_with_and_without_upper_bound(nnunet_folders):
     assert runs[0].labeled_fraction == 0.25 and runs[2].labeled_fraction is None
     without = benchmark_runs(["Dataset005_Semi"], ["nnUNetTrainerMeanTeacher"], budget, with_upper_bound=False)
     assert [r.role for r in without] == ["reference", "method"]
+
+
+def test_unknown_trainer_or_configuration_stops_before_any_training(nnunet_folders, monkeypatch):
+    """Regression: the baseline trained first, and only then an unknown trainer name failed."""
+    import pytest
+
+    from nnunet_semi.errors import UserError
+    from nnunet_semi.evaluation.benchmark import check_trainers_and_configuration
+
+    make_semi_manifest(nnunet_folders["nnUNet_raw"])
+    plans = nnunet_folders["nnUNet_preprocessed"] / "Dataset006_SemiLabeled"
+    plans.mkdir()
+    (plans / "nnUNetPlans.json").write_text(json.dumps({"configurations": {"2d": {}}}))
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    runs = benchmark_runs(["Dataset005_Semi"], ["nnUNetTrainerMeanTeacher"], TrainingBudget(2, 5))
+    check_trainers_and_configuration(runs, "2d", "nnUNetPlans")  # ours and budget variants are found
+    with pytest.raises(UserError, match="not in plans 'nnUNetPlans'.*available: 2d"):
+        check_trainers_and_configuration(runs, "3d_fullres", "nnUNetPlans")
+    typo = benchmark_runs(["Dataset005_Semi"], ["nnUNetTrainerMeanTeacehr"], TrainingBudget(2, 5))
+    with pytest.raises(UserError, match="Unknown trainer 'nnUNetTrainerMeanTeacehr_2epochs_5its'"):
+        check_trainers_and_configuration(typo, "2d", "nnUNetPlans")

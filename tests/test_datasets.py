@@ -65,6 +65,22 @@ def test_convert_2d_bad_input_writes_nothing(nnunet_folders, tmp_path):
     assert main(["convert-2d", str(images), str(masks), "-o", "13", "-n", "Bad"]) == 2  # CLI: message, exit 2
 
 
+def test_convert_2d_refuses_label_value_masks_under_the_threshold(nnunet_folders, tmp_path):
+    """Regression: masks holding 0/1/2 were thresholded at > 127 into an all-background dataset, exit code 0."""
+    images, masks = write_toy_2d_folders(tmp_path / "toy", num_cases=3, size=16)
+    with pytest.raises(UserError, match=r"values found: \[0, 1, 2\].*--mask-values"):
+        convert_2d_dataset(str(images), str(masks), 14, "Labels")
+    assert _listing(nnunet_folders["nnUNet_raw"]) == []
+
+
+def test_convert_2d_names_a_corrupt_file(nnunet_folders, tmp_path):
+    images, masks = write_toy_2d_folders(tmp_path / "toy", num_cases=3, size=16)
+    (images / "toy001.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="Cannot read .*toy001.png"):
+        convert_2d_dataset(str(images), str(masks), 15, "Corrupt", threshold=None, label_names=["a", "b"])
+    assert _listing(nnunet_folders["nnUNet_raw"]) == []
+
+
 # ---------------------------------------------------------------- make-semi
 @pytest.fixture
 def toy3d(nnunet_folders):
@@ -125,12 +141,45 @@ def test_make_semi_random_fraction_is_seeded(nnunet_folders, toy3d):
     (dict(labeled_list=["subj001", "nosuchcase"]), "neither case ids nor groups"),
     (dict(count=0), "--count must be between"),
     ({}, "Say which cases keep their labels"),
+    (dict(count=1), "at least 2 labeled groups"),  # regression: the datasets were committed before this check
 ])
 def test_make_semi_rejects_bad_selections_and_writes_nothing(nnunet_folders, toy3d, selection, message):
     before = _listing(nnunet_folders["nnUNet_raw"]), _listing(nnunet_folders["nnUNet_preprocessed"])
     with pytest.raises(UserError, match=message):
         make_semi_supervised_datasets(toy3d, 60, dict(seed=0, **selection), group_regex=r"subj\d+")
     assert (_listing(nnunet_folders["nnUNet_raw"]), _listing(nnunet_folders["nnUNet_preprocessed"])) == before
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(num_folds=1), "--folds must be at least 2"),
+    (dict(num_folds=0), "--folds must be at least 2"),
+    (dict(num_folds=-2), "--folds must be at least 2"),
+    (dict(group_regex="("), "not a valid regular expression"),
+    (dict(group_regex="x*"), "matches an empty string"),
+])
+def test_make_semi_bad_folds_and_groups_write_nothing(nnunet_folders, toy3d, options, message):
+    """Regression: --folds 1 gave a scikit-learn traceback after the datasets were committed; '(' a traceback;
+    'x*' put every case into one group and blamed the selection."""
+    before = _listing(nnunet_folders["nnUNet_raw"]), _listing(nnunet_folders["nnUNet_preprocessed"])
+    with pytest.raises(UserError, match=message):
+        make_semi_supervised_datasets(toy3d, 60, dict(seed=0, count=4), **{"group_regex": r"subj\d+", **options})
+    assert (_listing(nnunet_folders["nnUNet_raw"]), _listing(nnunet_folders["nnUNet_preprocessed"])) == before
+
+
+def test_make_semi_checks_extra_images_against_the_dataset(nnunet_folders, tmp_path):
+    images, masks = write_toy_2d_folders(tmp_path / "toy", num_cases=8, size=16)
+    source = convert_2d_dataset(str(images), str(masks), 16, "Grey", ["core", "rim"], threshold=None)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(extra / "synth_000.png")  # no _0000 channel suffix
+    before = _listing(nnunet_folders["nnUNet_raw"])
+    with pytest.raises(UserError, match="'synth_000.png' does not follow nnU-Net's image naming CASE_0000.png"):
+        make_semi_supervised_datasets(source, 60, dict(seed=0, count=4), unlabeled_image_folders=[str(extra)])
+    (extra / "synth_000.png").unlink()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(extra / "synth_000_0000.png")  # RGB into grey
+    with pytest.raises(UserError, match="synth_000_0000.png has 3 channel.*dataset have 1 channel"):
+        make_semi_supervised_datasets(source, 60, dict(seed=0, count=4), unlabeled_image_folders=[str(extra)])
+    assert _listing(nnunet_folders["nnUNet_raw"]) == before
 
 
 def test_make_semi_rejects_missing_source_and_used_ids(nnunet_folders, toy3d):

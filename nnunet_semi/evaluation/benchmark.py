@@ -10,6 +10,8 @@ predicted with ``nnUNetv2_predict``, and the report is written only when everyth
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -86,6 +88,26 @@ def _plans_without_name(dataset: str, plans: str) -> dict:
     content = json.loads(path.read_text())
     content.pop("dataset_name", None)
     return content
+
+
+def check_trainers_and_configuration(runs: list[Run], configuration: str, plans: str) -> None:
+    """Resolve every trainer through nnU-Net's own lookup (with our trainer folder) and check that the plans define
+    the configuration, before anything trains."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_semi.env import register_ext_trainers
+    register_ext_trainers()
+    for run in runs:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
+                recursive_find_trainer_class_by_name(run.trainer)
+        except RuntimeError:
+            raise UserError(f"Unknown trainer '{run.trainer}': nnUNetv2_train would not find it in nnU-Net's "
+                            f"trainers, ours or the folders of nnUNet_extTrainer.") from None
+    available = sorted(_plans_without_name(runs[0].dataset, plans)["configurations"])
+    if configuration not in available:
+        raise UserError(f"Configuration '{configuration}' is not in plans '{plans}' of {runs[0].dataset}; "
+                        f"available: {', '.join(available)}.")
 
 
 def check_same_plans_and_folds(runs: list[Run], plans: str, folds: list[int]) -> None:
@@ -182,6 +204,7 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     runs = benchmark_runs(semi_datasets, trainers, budget, with_upper_bound)
     check_same_plans_and_folds(runs, plans, folds)
+    check_trainers_and_configuration(runs, configuration, plans)
     logs = output / "logs"
     train_missing(runs, configuration, plans, folds, device, logs, no_train, budget)
 

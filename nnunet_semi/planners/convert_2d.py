@@ -14,7 +14,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from nnunetv2.configuration import default_num_processes
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from nnunet_semi.errors import UserError
@@ -69,15 +70,42 @@ def _resize(array: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarr
     return out[..., 0] if array.ndim == 2 else out
 
 
+def open_image(path: Path) -> Image.Image:
+    """PIL's image, or a message naming the file that cannot be read."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise UserError(f"Cannot read {path} ({e}); replace or remove the file.") from None
+    return image
+
+
+def check_masks_for_threshold(mask_paths: list[Path], threshold: float) -> None:
+    """Stop when thresholding would silently write an all-background dataset: every mask's maximum is at most the
+    threshold although some masks are not empty, i.e. the masks hold label values (0/1, 0/1/2), not 0/255."""
+    maxima, values = [], set()
+    for path in tqdm(mask_paths, desc="Checking masks", leave=False):
+        with open_image(path) as m:
+            mask = np.asarray(m.convert("L"))
+        maxima.append(int(mask.max()))
+        if len(values) < 20:
+            values.update(int(v) for v in np.unique(mask)[:20])
+    if max(maxima) <= threshold and max(maxima) > 0:
+        raise UserError(f"Every mask is at most {max(maxima)} (values found: {sorted(values)[:10]}), so the "
+                        f"threshold 'mask > {threshold:g}' would make every label background. These masks hold "
+                        f"label values: use --mask-values (with one --label-names entry per label), or lower "
+                        f"--threshold.")
+
+
 def convert_pair(image_path: Path, mask_path: Path, options: ConversionOptions) -> tuple[np.ndarray, np.ndarray]:
     """(image (H, W) or (H, W, 3) in its own integer type, label map (H, W) uint8)."""
-    with Image.open(image_path) as im:
+    with open_image(image_path) as im:
         if options.rgb:
             im = im.convert("RGB")
         elif im.mode not in GREY_MODES:
             im = im.convert("L")
         image = np.asarray(im)
-    with Image.open(mask_path) as m:
+    with open_image(mask_path) as m:
         mask = np.asarray(m.convert("L")) if options.threshold is not None else np.asarray(m)
     if mask.ndim != 2:
         raise UserError(f"Mask {mask_path} has shape {mask.shape}; label-value masks must be single-channel.")
@@ -109,7 +137,7 @@ def _convert_and_write(job: tuple) -> None:
 
 def _any_colour_image(paths) -> bool:
     for path in paths:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.mode not in (*GREY_MODES, "1"):
                 return True
     return False
@@ -132,7 +160,8 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 def convert_2d_dataset(images_dir: str, masks_dir: str, dataset_id: int, name: str,
                        label_names: list[str] | None = None, size: str | None = None, colour: str = "auto",
-                       threshold: float | None = 127, mask_suffix: str = "", num_processes: int = 2) -> str:
+                       threshold: float | None = 127, mask_suffix: str = "",
+                       num_processes: int = default_num_processes) -> str:
     """Write the dataset and return its name. ``threshold=None`` reads masks as label values."""
     ensure_dataset_id_free(dataset_id)
     pairs = pair_images_and_masks(images_dir, masks_dir, mask_suffix)
@@ -140,6 +169,8 @@ def convert_2d_dataset(images_dir: str, masks_dir: str, dataset_id: int, name: s
     if threshold is not None and len(label_names) != 1:
         raise UserError("Thresholded masks have one foreground label: give one --label-names entry, or use "
                         "--mask-values for masks that hold several label values.")
+    if threshold is not None:
+        check_masks_for_threshold([p[1] for p in pairs.values()], threshold)
     rgb = {"rgb": True, "grey": False}.get(colour)
     if rgb is None:
         rgb = _any_colour_image(p[0] for p in pairs.values())
@@ -185,5 +216,7 @@ def register(subparsers) -> None:
     parser.add_argument("--threshold", type=float, default=127, help="mask > threshold is foreground (default 127)")
     parser.add_argument("--mask-values", action="store_true", help="masks hold label values 0..K; no threshold")
     parser.add_argument("--mask-suffix", default="", help="suffix of mask file stems, e.g. _mask")
-    parser.add_argument("-np", "--num-processes", type=int, default=2)
+    parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes,
+                        help=f"worker processes (default: nnUNet_def_n_proc or nnU-Net's default, here "
+                             f"{default_num_processes})")
     parser.set_defaults(func=_run)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from nnunet_semi.planners.raw import (
     labels_with_ignore,
     read_case_list,
     read_dataset_json,
+    reader_writer_for,
     resolve_dataset,
     training_cases,
 )
@@ -119,12 +121,35 @@ def select_cases(cases: Sequence[str], groups: dict[str, str], seed: int,
     return SemiSelection(groups=dict(groups), labeled=labeled, unlabeled=unlabeled, holdout=holdout)
 
 
-def extra_unlabeled_images(folders: Sequence[str], file_ending: str, files_per_case: int) -> dict[str, list[str]]:
-    """case -> image files for folders in nnU-Net's image naming (``CASE_0000<ending>``, ``CASE_0001...``)."""
+def _check_image_names(folder: str, file_ending: str) -> None:
+    """Every image file must follow nnU-Net's naming ``CASE_XXXX<ending>`` (XXXX: the channel, 0000 first)."""
+    pattern = re.compile(r".+_\d{4}" + re.escape(file_ending))
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(file_ending) and not pattern.fullmatch(name):
+            raise UserError(f"--unlabeled-images {folder}: '{name}' does not follow nnU-Net's image naming "
+                            f"CASE_0000{file_ending} (one file per channel: _0000, _0001, ...). Rename the files.")
+
+
+def _check_like_source(images: list[str], expected: tuple[int, ...], reader_writer) -> None:
+    """Same number of channels and spatial dimensions as the source dataset's images (shape (C, *spatial))."""
+    shape = reader_writer.read_images(images)[0].shape
+    if shape[0] != expected[0] or len(shape) != len(expected):
+        raise UserError(f"{images[0]} has {shape[0]} channel(s) and shape {shape[1:]}, images of the dataset have "
+                        f"{expected[0]} channel(s) and shape like {expected[1:]} (e.g. an RGB image in a grey "
+                        f"dataset). Convert it first.")
+
+
+def extra_unlabeled_images(folders: Sequence[str], file_ending: str, reference_images: list[str],
+                           reader_writer=None) -> dict[str, list[str]]:
+    """case -> image files for folders in nnU-Net's image naming (``CASE_0000<ending>``, ``CASE_0001...``), each
+    checked against ``reference_images`` (one case of the dataset) with ``reader_writer`` when given."""
+    files_per_case = len(reference_images)
+    expected = reader_writer.read_images(reference_images)[0].shape if reader_writer and folders else None
     cases: dict[str, list[str]] = {}
     for folder in folders:
         if not os.path.isdir(folder):
             raise UserError(f"--unlabeled-images {folder} is not a folder.")
+        _check_image_names(folder, file_ending)
         image_lists = create_lists_from_splitted_dataset_folder(folder, file_ending, num_processes=1)
         if not image_lists:
             raise UserError(f"--unlabeled-images {folder} holds no images named CASE_0000{file_ending}.")
@@ -135,6 +160,8 @@ def extra_unlabeled_images(folders: Sequence[str], file_ending: str, files_per_c
                                 f"have {files_per_case}.")
             if case in cases:
                 raise UserError(f"Extra unlabeled case id '{case}' occurs in more than one folder.")
+            if reader_writer is not None:
+                _check_like_source(images, expected, reader_writer)
             cases[case] = images
     return cases
 
@@ -163,14 +190,16 @@ def make_semi_supervised_datasets(source: str | int, dataset_id: int, selection_
     cases = training_cases(source_name)
     groups = make_groups(cases, group_regex, group_file)
     selection = select_cases(list(cases), groups, **selection_args)
-    extra = extra_unlabeled_images(unlabeled_image_folders, source_json["file_ending"],
-                                   len(next(iter(cases.values()))["images"]))
+    reference_images = next(iter(cases.values()))["images"]
+    extra = extra_unlabeled_images(unlabeled_image_folders, source_json["file_ending"], reference_images,
+                                   reader_writer_for(source_json, reference_images[0]))
     clashes = sorted(set(extra) & set(cases))
     if clashes:
         raise UserError(f"Extra unlabeled case ids clash with source cases: {clashes[:5]}.")
     labeled, unlabeled = selection.cases(selection.labeled), selection.cases(selection.unlabeled)
     if not unlabeled and not extra:
         raise UserError("No unlabeled cases are left: label fewer cases or add --unlabeled-images.")
+    splits = _all_splits({c: groups[c] for c in labeled}, unlabeled + sorted(extra), unlabeled, num_folds)
 
     name = name or f"{source_name.split('_', 1)[1]}Semi{len(selection.labeled)}"
     semi_json = {**source_json, "labels": labels_with_ignore(source_json["labels"])}
@@ -179,6 +208,7 @@ def make_semi_supervised_datasets(source: str | int, dataset_id: int, selection_
     if full_id is not None:
         writers["full_twin"] = RawDatasetWriter(full_id, f"{name}Full", source_json)
     names = {role: w.name for role, w in writers.items()}
+    splits = {role: splits[role] for role in names}
     try:
         _write_cases(writers, cases, labeled, unlabeled, extra, selection.cases(selection.holdout))
         writers["semi"].manifest = {
@@ -197,7 +227,8 @@ def make_semi_supervised_datasets(source: str | int, dataset_id: int, selection_
         for w in writers.values():
             w.discard()
         raise
-    _write_all_splits(names, {c: groups[c] for c in labeled}, unlabeled + sorted(extra), unlabeled, num_folds)
+    for role, dataset_name in names.items():
+        write_splits(dataset_name, splits[role])
     return names
 
 
@@ -219,12 +250,12 @@ def _write_cases(writers: dict[str, RawDatasetWriter], cases: dict, labeled: lis
             writers["semi"].add_test(case, cases[case]["images"], cases[case]["label"])
 
 
-def _write_all_splits(names: dict[str, str], labeled_groups: dict[str, str], semi_unlabeled: list[str],
-                      real_unlabeled: list[str], num_folds: int) -> None:
-    """Same validation folds everywhere; unlabeled cases train in the semi dataset, with labels in the full one."""
+def _all_splits(labeled_groups: dict[str, str], semi_unlabeled: list[str], real_unlabeled: list[str],
+                num_folds: int) -> dict[str, list[dict[str, list[str]]]]:
+    """Same validation folds everywhere; unlabeled cases train in the semi dataset, with labels in the full one.
+    Computed before anything is written, so a bad fold count or too few labeled groups write nothing."""
     always_train = {"semi": semi_unlabeled, "labeled_twin": [], "full_twin": real_unlabeled}
-    for role, dataset_name in names.items():
-        write_splits(dataset_name, semi_supervised_splits(labeled_groups, always_train[role], num_folds))
+    return {role: semi_supervised_splits(labeled_groups, cases, num_folds) for role, cases in always_train.items()}
 
 
 def _run(args: argparse.Namespace) -> int:

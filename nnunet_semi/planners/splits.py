@@ -33,13 +33,19 @@ NNUNET_SPLIT_SEED = 12345  # the seed nnU-Net uses for its own 5-fold splits
 
 def group_by_regex(cases: Iterable[str], pattern: str) -> dict[str, str]:
     """case -> group: the first capture group of ``pattern`` (or the whole match) found in the case id."""
-    regex = re.compile(pattern)
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise UserError(f"--group-regex '{pattern}' is not a valid regular expression: {e}.") from None
     groups = {}
     for case in cases:
         match = regex.search(case)
         if match is None:
             raise UserError(f"--group-regex '{pattern}' does not match case '{case}'.")
         groups[case] = match.group(1) if regex.groups else match.group(0)
+        if not groups[case]:
+            raise UserError(f"--group-regex '{pattern}' matches an empty string in case '{case}', so every case "
+                            f"would fall into one group; use a pattern such as 'patient\\d+'.")
     return groups
 
 
@@ -81,6 +87,8 @@ def semi_supervised_splits(labeled_groups: Mapping[str, str], always_train: Sequ
                            num_folds: int = 5, seed: int = NNUNET_SPLIT_SEED) -> list[dict[str, list[str]]]:
     """nnU-Net ``splits_final.json`` content: folds over the groups of labeled cases; ``always_train`` cases
     (unlabeled ones) are added to every training split and never validated."""
+    if num_folds < 2:
+        raise UserError(f"--folds must be at least 2 (cross-validation), got {num_folds}.")
     group_ids = sorted(set(labeled_groups.values()))
     if len(group_ids) < 2:
         raise UserError(f"Cross-validation needs at least 2 labeled groups, got {len(group_ids)}; "
