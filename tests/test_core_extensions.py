@@ -145,3 +145,16 @@ def test_use_mask_for_norm_with_unlabeled_cases_is_refused():
         trainer._refuse_mask_for_norm()
     trainer.configuration_manager = SimpleNamespace(use_mask_for_norm=[False, False])
     trainer._refuse_mask_for_norm()
+
+
+def test_a_dataset_without_labeled_cases_is_refused_before_nnunet_writes_splits(monkeypatch, tmp_path):
+    """Regression: nnU-Net wrote a random splits_final.json before our check, whose message did not say why."""
+    import nnunet_semi.core.trainer as core_trainer
+    monkeypatch.setattr(core_trainer, "infer_dataset_class",
+                        lambda folder: SimpleNamespace(get_identifiers=lambda f: ["a", "b"]))
+    trainer = object.__new__(nnUNetTrainerSemi)
+    trainer.__dict__.update(preprocessed_dataset_folder=str(tmp_path), unlabeled_keys=["a", "b"],
+                            plans_manager=SimpleNamespace(dataset_name="Dataset900_AllUnlabeled"))
+    with pytest.raises(UserError, match="Dataset900_AllUnlabeled has no labeled case: all 2 training cases"):
+        trainer.do_split()
+    assert list(tmp_path.iterdir()) == []

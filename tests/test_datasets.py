@@ -221,3 +221,38 @@ def test_splits_command_reads_unlabeled_cases_from_label_files(nnunet_folders, t
 
 def test_plan_needs_the_twin_of_a_hand_made_dataset(nnunet_folders, toy3d):
     assert main(["plan", toy3d, "-c", "2d"]) == 2  # not made by make-semi and no --twin: message, exit 2
+
+
+def test_plan_refuses_configurations_nnunet_did_not_plan(nnunet_folders, tmp_path):
+    """Regression: 'plan -c 3d_fullres' on 2D data printed 'Skipping', exited 0 and suggested a failing command."""
+    images, masks = write_toy_2d_folders(tmp_path / "toy", num_cases=8, size=16)
+    source = convert_2d_dataset(str(images), str(masks), 17, "Flat", ["core", "rim"], threshold=None)
+    names = make_semi_supervised_datasets(source, 60, dict(seed=0, count=4))
+    assert main(["plan", names["semi"], "-c", "3d_fullres", "-np", "1", "-npfp", "1"]) == 2
+    from nnunet_semi.planners.plan import plan_semi_supervised
+    with pytest.raises(UserError, match=r"None of the configurations \['3d_fullres'\].*planned: 2d"):
+        plan_semi_supervised(names["semi"], ["3d_fullres"], num_processes=1, fingerprint_processes=1)
+
+
+def test_stale_staging_folders_are_removed_young_ones_reported(nnunet_folders, tmp_path, capsys):
+    from nnunet_semi.planners.raw import RawDatasetWriter
+    raw = nnunet_folders["nnUNet_raw"]
+    stale, young = raw / ".Dataset990_Old.staging-0123abcd", raw / ".Dataset991_New.staging-89abcdef"
+    for folder in (stale, young):
+        (folder / "imagesTr").mkdir(parents=True)
+    os.utime(stale, (0, 0))  # left by a run killed long ago
+    writer = RawDatasetWriter(992, "Fresh", {"file_ending": ".png", "labels": {}, "channel_names": {}})
+    writer.discard()
+    assert not stale.exists() and young.exists()
+    out = capsys.readouterr().out
+    assert f"Removed {stale}" in out and f"{young} looks like a staging folder of another run" in out
+
+
+def test_leftover_temporary_files_of_a_killed_run_are_removed(tmp_path):
+    from nnunet_semi.files import remove_stale, temporary_files, write_atomic
+    write_atomic(tmp_path / "checkpoint_latest.pth", lambda tmp: open(tmp, "w").write("x"))
+    leftover = tmp_path / ".checkpoint_latest.pth.k2j3.tmp"
+    leftover.write_text("half a checkpoint")
+    assert temporary_files(tmp_path) == [leftover]
+    assert remove_stale(temporary_files(tmp_path), 0, "a temporary checkpoint") == [leftover]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth"]

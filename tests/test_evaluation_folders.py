@@ -117,6 +117,18 @@ def test_folder_errors_name_the_problem(acdc_like_folders):
         evaluate_folder(ref, pred, ACDC_LIKE)
 
 
+def test_label_values_outside_dataset_json_stop_the_evaluation(acdc_like_folders):
+    """Regression: a value 7 in a prediction (or reference) was ignored silently and Dice stayed unchanged."""
+    ref, pred = acdc_like_folders
+    write_nifti(pred / "case1.nii.gz", {(2, 1, 1): 1, (1, 3, 2): 7})
+    with pytest.raises(UserError, match=r"pred/case1.nii.gz holds label values \[7\].*allowed: \[0, 1, 2, 3, 4\]"):
+        evaluate_folder(ref, pred, ACDC_LIKE)
+    write_nifti(pred / "case1.nii.gz", {})
+    write_nifti(ref / "case2.nii.gz", {(1, 3, 1): 9})
+    with pytest.raises(UserError, match=r"ref/case2.nii.gz holds label values \[9\]"):
+        evaluate_folder(ref, pred, ACDC_LIKE)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # nnunet-semi evaluate on fake nnU-Net result trees
 # ----------------------------------------------------------------------------------------------------------------

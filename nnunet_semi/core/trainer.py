@@ -33,7 +33,7 @@ from nnunet_semi.core.unlabeled import (
     split_views,
 )
 from nnunet_semi.errors import UserError
-from nnunet_semi.files import write_atomic
+from nnunet_semi.files import remove_stale, temporary_files, write_atomic
 
 Batch = dict[str, torch.Tensor | list[torch.Tensor]]
 
@@ -170,7 +170,13 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     def do_split(self):
         """nnU-Net's split restricted to labeled cases; every unlabeled case of the dataset is trained on (also
-        unlabeled cases added after the split was written, e.g. synthetic ones)."""
+        unlabeled cases added after the split was written, e.g. synthetic ones). Checked before nnU-Net's split,
+        which would write a random ``splits_final.json`` for a dataset without labeled cases."""
+        folder = self.preprocessed_dataset_folder
+        if self.unlabeled_keys and set(infer_dataset_class(folder).get_identifiers(folder)) <= set(self.unlabeled_keys):
+            raise UserError(f"{self.plans_manager.dataset_name} has no labeled case: all "
+                            f"{len(self.unlabeled_keys)} training cases are unlabeled (label files entirely the "
+                            f"ignore label). Keep the labels of some cases, e.g. with 'nnunet-semi make-semi'.")
         tr_keys, val_keys = super().do_split()
         unlabeled = set(self.unlabeled_keys)
         moved = sorted(k for k in val_keys if k in unlabeled)
@@ -357,6 +363,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
+        if self.local_rank == 0:  # one training per fold folder: its temporary files are leftovers of a kill
+            remove_stale(temporary_files(Path(self.output_folder)), 0, "a temporary checkpoint or plot")
         if self.global_step == 0:
             self.teacher = None  # built now, from the student as it starts (e.g. with -pretrained_weights)
         self._maybe_start_teacher()

@@ -63,6 +63,25 @@ def _as_label_or_region(value) -> LabelOrRegion:
     return int(value)
 
 
+def allowed_values(dataset_json: dict) -> set[int]:
+    """The values a segmentation file of the dataset may hold: its labels (for region-based datasets the values of
+    ``regions_class_order``), background and the ignore label."""
+    if "regions_class_order" in dataset_json:
+        values = {0, *(int(v) for v in dataset_json["regions_class_order"])}
+    else:
+        values = {int(v) for name, v in dataset_json["labels"].items() if not isinstance(v, (list, tuple))}
+    ignore = ignore_label(dataset_json)
+    return values | ({ignore} if ignore is not None else set())
+
+
+def _check_values(file, seg: np.ndarray, allowed: set[int]) -> None:
+    unexpected = sorted(int(v) for v in np.unique(seg) if int(v) not in allowed)
+    if unexpected:
+        raise UserError(f"{file} holds label values {unexpected} that dataset.json does not define (allowed: "
+                        f"{sorted(allowed)}); they would be ignored silently. Check that the file belongs to this "
+                        f"dataset, or fix its labels.")
+
+
 def ignore_label(dataset_json: dict) -> int | None:
     value = dataset_json["labels"].get("ignore")
     return None if value is None else int(value)
@@ -84,11 +103,16 @@ def reader_writer_for(dataset_json: dict, example_file: str | Path) -> BaseReade
 
 def evaluate_case(reference_file: str | Path, prediction_file: str | Path, reader_writer: BaseReaderWriter,
                   classes: Mapping[str, LabelOrRegion], ignore: int | None = None, mode: str = "nnunet",
-                  nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> CaseMetrics | None:
-    """Metrics of one case per class (see :mod:`nnunet_semi.evaluation.metrics`); ``None`` for an unlabeled case."""
+                  nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+                  allowed: set[int] | None = None) -> CaseMetrics | None:
+    """Metrics of one case per class (see :mod:`nnunet_semi.evaluation.metrics`); ``None`` for an unlabeled case.
+    With ``allowed`` (:func:`allowed_values`), a file holding other values stops the evaluation."""
     seg_ref, ref_properties = reader_writer.read_seg(str(reference_file))
     seg_pred, pred_properties = reader_writer.read_seg(str(prediction_file))
     _check_same_geometry(reference_file, prediction_file, seg_ref, seg_pred, ref_properties, pred_properties)
+    if allowed is not None:
+        _check_values(reference_file, seg_ref, allowed)
+        _check_values(prediction_file, seg_pred, allowed)
     if ignore is not None and np.all(seg_ref == ignore):
         return None
     ignore_mask = seg_ref[0] == ignore if ignore is not None else np.zeros(seg_ref.shape[1:], dtype=bool)
@@ -141,7 +165,8 @@ def evaluate_folder(reference_folder: str | Path, prediction_folder: str | Path,
     _check_cases(predictions, references, expected_cases, prediction_folder, reference_folder, ending)
     rw = reader_writer_for(dataset_json, next(iter(predictions.values())))
     work = partial(_evaluate_pair, reader_writer=rw, classes=label_classes(dataset_json),
-                   ignore=ignore_label(dataset_json), mode=mode, nsd_tolerance_mm=nsd_tolerance_mm)
+                   ignore=ignore_label(dataset_json), mode=mode, nsd_tolerance_mm=nsd_tolerance_mm,
+                   allowed=allowed_values(dataset_json))
     pairs = [(case, references[case], predictions[case]) for case in predictions]
     results = tqdm(_map(work, pairs, num_processes), total=len(pairs), desc=progress or str(prediction_folder),
                    unit="case", disable=None)

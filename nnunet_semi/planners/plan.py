@@ -11,6 +11,7 @@ dataset is preprocessed with identical plans.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -64,11 +65,31 @@ def plan_semi_supervised(semi: str | int, configurations=DEFAULT_CONFIGURATIONS,
     twin_id = convert_dataset_name_to_id(twin)
     extract_fingerprints([twin_id], num_processes=fingerprint_processes, clean=True)
     plans_identifier = plan_experiments([twin_id], planner, gpu_memory_target)
+    configurations = _configurations_in_plans(twin, plans_identifier, configurations)
     for name in targets:
         transfer_plans(twin, name, plans_identifier)
     preprocess([twin_id] + [convert_dataset_name_to_id(t) for t in targets], plans_identifier,
-               list(configurations), [num_processes] * len(configurations))
+               configurations, [num_processes] * len(configurations))
     return plans_identifier
+
+
+def planned_configurations(dataset: str, plans_identifier: str) -> list[str]:
+    plans = json.loads((Path(nnUNet_preprocessed.require()) / dataset / f"{plans_identifier}.json").read_text())
+    return list(plans["configurations"])
+
+
+def _configurations_in_plans(dataset: str, plans_identifier: str, requested) -> list[str]:
+    """The requested configurations that nnU-Net planned (e.g. no 3d_fullres for 2D images, no 3d_lowres for small
+    volumes); stop when there is none."""
+    available = planned_configurations(dataset, plans_identifier)
+    kept = [c for c in requested if c in available]
+    if not kept:
+        raise UserError(f"None of the configurations {list(requested)} is in nnU-Net's plans for {dataset} "
+                        f"(planned: {', '.join(available)}); ask for one of those with -c.")
+    skipped = [c for c in requested if c not in available]
+    if skipped:
+        print(f"Not planned by nnU-Net for this dataset, skipped: {', '.join(skipped)}.")
+    return kept
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -76,10 +97,11 @@ def _run(args: argparse.Namespace) -> int:
                                  args.twin, args.gpu_memory_target)
     semi = resolve_dataset(args.dataset)
     twin, targets = related_datasets(semi, args.twin)
+    configuration = next(c for c in args.c if c in planned_configurations(twin, plans))
     print(f"\nPlans '{plans}' of {twin} now also drive {', '.join(targets)}.")
-    print(f"Train, e.g.:  nnUNetv2_train {convert_dataset_name_to_id(semi)} {args.c[0]} 0 -tr "
+    print(f"Train, e.g.:  nnUNetv2_train {convert_dataset_name_to_id(semi)} {configuration} 0 -tr "
           f"nnUNetTrainerMeanTeacher -p {plans}\n   baseline:  nnUNetv2_train {convert_dataset_name_to_id(twin)} "
-          f"{args.c[0]} 0 -p {plans}")
+          f"{configuration} 0 -p {plans}")
     return 0
 
 

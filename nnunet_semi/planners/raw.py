@@ -30,7 +30,9 @@ from nnunetv2.utilities.utils import (
 )
 
 from nnunet_semi.errors import UserError
-from nnunet_semi.files import write_atomic
+from nnunet_semi.files import remove_stale, write_atomic
+
+STALE_STAGING_HOURS = 1.0  # staging folders older than this belong to a killed run
 
 MANIFEST_FILE = "nnunet_semi.json"
 SYNTHETIC_PREFIX = "synth_"
@@ -175,6 +177,7 @@ class RawDatasetWriter:
         if self.final_folder.exists():
             raise UserError(f"{self.final_folder} already exists; nothing was written.")
         raw_root().mkdir(parents=True, exist_ok=True)
+        remove_stale(raw_root().glob(".Dataset*.staging-*"), STALE_STAGING_HOURS, "a staging folder")
         self.folder = raw_root() / f".{self.name}.staging-{uuid.uuid4().hex[:8]}"
         self.folder.mkdir()
         self.dataset_json = dict(dataset_json)
