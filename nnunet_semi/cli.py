@@ -8,6 +8,7 @@ import argparse
 import importlib
 import sys
 
+from nnunet_semi.cli_text import help_text
 from nnunet_semi.env import register_ext_trainers
 from nnunet_semi.errors import UserError
 
@@ -26,7 +27,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnunet-semi", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="nnunet-semi", description=help_text(__doc__.splitlines()[0]))
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nnunet_semi.env import nnunet_environment
 from nnunet_semi.errors import UserError
+from nnunet_semi.cli_text import help_text
 
 DEMO_MARKER = ".nnunet_semi_demo"
 SOURCE_ID, SEMI_ID, TWIN_ID, FULL_ID = 901, 902, 903, 904
@@ -97,8 +98,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="run the whole workflow on a tiny generated dataset (CPU minutes)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="nnunet_semi_demo", help="folder for everything the demo writes")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs of every benchmarked trainer")
     parser.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     parser.set_defaults(func=_run)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform

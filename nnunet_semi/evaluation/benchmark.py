@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from nnunet_semi.evaluation.folders import (
 from nnunet_semi.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, MODES
 from nnunet_semi.evaluation.report import MethodResults, ReportSettings, TrainingBudget, write_report
 from nnunet_semi.planners.raw import raw_root, read_manifest, resolve_dataset
+from nnunet_semi.cli_text import help_text
 
 VANILLA = "nnUNetTrainer"
 
@@ -267,21 +267,25 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("benchmark", help="train (or resume) and compare trainers with vanilla nnU-Net",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+", help="semi-supervised datasets made by make-semi (id or name); "
                                                     "several give the Dice-versus-labeled-fraction plot")
-    parser.add_argument("-c", "--configuration", default="2d")
-    parser.add_argument("-tr", "--trainers", nargs="+", default=["nnUNetTrainerMeanTeacher"])
-    parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
+    parser.add_argument("-tr", "--trainers", nargs="+", default=["nnUNetTrainerMeanTeacher"],
+                        help="semi-supervised trainers to compare with vanilla nnU-Net (default: Mean Teacher)")
+    parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                        help="cross-validation folds; each fold's model also predicts the test set (default 0-4)")
     parser.add_argument("-o", "--output", required=True, help="report folder (also holds logs and test predictions)")
     parser.add_argument("--budget", help="same budget for every trainer: EPOCHSxITERATIONS, e.g. 20x50")
-    parser.add_argument("-p", "--plans", default="nnUNetPlans")
+    parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("-device", "--device", choices=("cuda", "cpu", "mps"), help="default: cuda if available")
-    parser.add_argument("--metrics", choices=MODES, default="nnunet")
-    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM")
+    parser.add_argument("--metrics", choices=MODES, default="nnunet",
+                        help="nnunet: nnU-Net Dice/IoU + MONAI distances in mm; ssl4mis: the SSL4MIS/BCP protocol")
+    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
+                        help=f"tolerance of the normalised surface Dice (default {DEFAULT_NSD_TOLERANCE_MM:g} mm)")
     parser.add_argument("--no-test", action="store_true", help="skip the held-out test set")
     parser.add_argument("--no-train", action="store_true", help="only evaluate; fail if a training is missing")
     parser.add_argument("--no-upper-bound", action="store_true",
                         help="skip the fully labeled row (saves one training per fold; no 'gap closed' column)")
-    parser.add_argument("--title")
+    parser.add_argument("--title", help="title of the report (default: Benchmark: <dataset>)")
     parser.set_defaults(func=_run)

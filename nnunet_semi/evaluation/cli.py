@@ -22,6 +22,7 @@ from nnunet_semi.evaluation.folders import (
 )
 from nnunet_semi.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, MODES
 from nnunet_semi.evaluation.report import MethodResults, ReportSettings, TrainingBudget, write_report
+from nnunet_semi.cli_text import help_text
 
 TEST_RUN = "predictions"
 
@@ -29,7 +30,7 @@ TEST_RUN = "predictions"
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="Dice, IoU, HD95, ASD, ASSD, NSD of model folders or prediction folders, as a report.",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("predictions", nargs="+", metavar="PREDICTIONS",
                         help="trained model folders (Trainer__Plans__configuration) and/or prediction folders")
     parser.add_argument("-o", "--output", required=True, help="folder for report.md/.csv/.json and the plots")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from nnunet_semi.errors import UserError
 from nnunet_semi.planners.raw import RawDatasetWriter, commit_all, ensure_dataset_id_free
+from nnunet_semi.cli_text import help_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 GREY_MODES = ("L", "I;16", "I")
@@ -122,8 +123,9 @@ def convert_pair(image_path: Path, mask_path: Path, options: ConversionOptions) 
     else:
         labels = np.round(mask).astype(np.int64)
         if labels.min() < 0 or labels.max() > options.max_label:
-            raise UserError(f"Mask {mask_path} has values {sorted(np.unique(labels))[:10]}; with --mask-values "
-                            f"labels must lie in 0..{options.max_label} (one --label-names entry per label).")
+            values = [int(v) for v in np.unique(labels)[:10]]
+            raise UserError(f"Mask {mask_path} has values {values}; with --mask-values labels must lie in "
+                            f"0..{options.max_label} (one --label-names entry per label).")
         labels = labels.astype(np.uint8)
     return image, labels
 
@@ -204,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("convert-2d", help="folders of 2D images + masks -> raw nnU-Net dataset",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", help="folder of images")
     parser.add_argument("masks", help="folder of masks, matched to images by file name")
     parser.add_argument("-o", "--id", type=int, required=True, help="dataset id to write")

@@ -38,6 +38,7 @@ from nnunet_semi.planners.raw import (
     training_cases,
 )
 from nnunet_semi.planners.splits import add_grouping_arguments, make_groups, semi_supervised_splits, write_splits
+from nnunet_semi.cli_text import help_text
 
 
 @dataclass
@@ -276,7 +277,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "make-semi", help="make a semi-supervised dataset and its labeled-only twin from a labeled raw dataset",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="fully labeled source dataset (id or name) in nnUNet_raw")
     parser.add_argument("-o", "--id", type=int, required=True, help="id of the new semi-supervised dataset")
     parser.add_argument("--name", help="dataset name (default: <source name>Semi<number of labeled groups>)")

@@ -15,6 +15,7 @@ import sys
 import nnunetv2.paths
 
 from nnunet_semi.errors import UserError
+from nnunet_semi.cli_text import help_text
 
 PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -40,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("nnunet-convert", help="run an nnU-Net dataset converter (2.8.1 path fix)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("converter", help="module name in nnunetv2.dataset_conversion, e.g. Dataset027_ACDC")
     parser.add_argument("arguments", nargs=argparse.REMAINDER, help="the converter's own arguments, e.g. -i DIR")
     parser.set_defaults(func=_run)

@@ -26,6 +26,7 @@ from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_t
 
 from nnunet_semi.errors import UserError
 from nnunet_semi.planners.raw import raw_root, read_manifest, resolve_dataset
+from nnunet_semi.cli_text import help_text
 
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
 
@@ -108,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "plan", help="plan the labeled-only twin with nnU-Net and preprocess the semi-supervised dataset (and "
-                     "twins) with the same plans", description=__doc__,
+                     "twins) with the same plans", description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="semi-supervised dataset (id or name)")
     parser.add_argument("--twin", help="labeled-only twin, if the dataset was not made by make-semi")

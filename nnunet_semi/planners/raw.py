@@ -80,7 +80,7 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 def ensure_dataset_id_free(dataset_id: int) -> None:
     """Refuse ids that nnU-Net already knows in nnUNet_raw, nnUNet_preprocessed or nnUNet_results."""
-    existing = list(find_candidate_datasets(dataset_id))
+    existing = sorted(str(name) for name in find_candidate_datasets(dataset_id))
     if existing:
         where = [str(p) for p in (nnUNet_raw, nnUNet_preprocessed, nnUNet_results) if p.is_set()]
         raise UserError(f"Dataset id {dataset_id} is already used by {existing} (looked in {where}). "

@@ -152,6 +152,7 @@ def register(subparsers) -> None:
                     "cases in every training split.")
     parser.add_argument("dataset", help="dataset id or name")
     add_grouping_arguments(parser)
-    parser.add_argument("--seed", type=int, default=NNUNET_SPLIT_SEED)
-    parser.add_argument("-np", "--num-processes", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=NNUNET_SPLIT_SEED,
+                        help=f"seed of the fold assignment (default {NNUNET_SPLIT_SEED}, nnU-Net's own)")
+    parser.add_argument("-np", "--num-processes", type=int, default=2, help="processes reading label files")
     parser.set_defaults(func=_run_splits)

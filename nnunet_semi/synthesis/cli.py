@@ -115,8 +115,9 @@ def add_train_gan_parser(subparsers) -> None:
     p.add_argument("--channel-max", type=int, default=512, help="maximum feature maps (default 512)")
     p.add_argument("--z-dim", type=int, default=512, help="latent and style dimension (default 512)")
     p.add_argument("--mapping-layers", type=int, default=2, help="mapping network depth (default 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, latents and augmentation (default 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda if available, else cpu")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs (torch.distributed, one process each)")
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 mixed precision on CUDA")
     p.add_argument("--resume", action="store_true",
@@ -142,8 +143,10 @@ def run_synthesize(args: argparse.Namespace) -> int:
     keep = args.fid_max_images if args.fid_report else 0
     result = synthesize(target, generators, counts, args.seed, device, args.batch, keep, " ".join(sys.argv))
     print(f"wrote {len(result.cases)} synthetic cases into {raw.raw_root() / result.dataset} "
-          f"(manifest {MANIFEST_NAME}). Next: nnUNetv2_plan_and_preprocess -d {int(result.dataset[7:10])} "
-          f"--verify_dataset_integrity (the new cases are not preprocessed yet)")
+          f"(manifest {MANIFEST_NAME}). Next: preprocess the new cases with the plans your baseline uses: "
+          f"'nnunet-semi plan {result.dataset}' for a semi-supervised dataset made by make-semi (it shares the "
+          f"labeled-only twin's plans), else nnUNetv2_plan_and_preprocess -d {int(result.dataset[7:10])} "
+          f"--verify_dataset_integrity")
     if args.fid_report:
         pairs = {g.class_name: (real_images(g.spec.dataset, g.spec, args.fid_max_images),
                                 result.samples[g.class_name]) for g in generators if g.class_name in result.samples}
@@ -186,7 +189,8 @@ def add_synthesize_parser(subparsers) -> None:
                    help="seed of the first image (default: one past the largest seed already in the manifest)")
     p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: no truncation)")
     p.add_argument("--batch", type=int, default=16, help="images generated per forward pass")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda if available, else cpu")
     p.add_argument("--fid-report", metavar="JSON", help="compute per-class FID of the new images against the real "
                                                         "images of their class; write JSON and a PNG grid next to it")
     p.add_argument("--fid-max-images", type=int, default=2000, help="images per class and set used for FID")
@@ -214,8 +218,9 @@ def add_fid_parser(subparsers) -> None:
     p.add_argument("synthetic", help="folder of images, or raw dataset id/name (its synth_* cases)")
     p.add_argument("-o", "--output", default="fid_report.json", help="JSON report (grid: same name, .png)")
     p.add_argument("--max-images", type=int, default=None, help="at most N images per set (per class)")
-    p.add_argument("--batch", type=int, default=50)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=50, help="images per Inception forward pass (default 50)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda if available, else cpu")
     p.set_defaults(func=run_fid)
 
 

@@ -49,7 +49,8 @@ def _pytorch_fid():
 
 def pytorch_fid_cache_file() -> Path:
     """Where pytorch-fid's ``load_state_dict_from_url`` keeps the ported TF weights."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(_pytorch_fid().inception.FID_WEIGHTS_URL).path).name
+    url = _pytorch_fid().inception.FID_WEIGHTS_URL
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
 def wheel_torchscript_file() -> Path | None:
