@@ -66,3 +66,11 @@ def test_fid_of_a_set_with_itself_is_zero_and_with_a_shifted_set_positive(networ
     grey = fid.inception_features(network, [images[0][:1]])
     rgb = fid.inception_features(network, [np.repeat(images[0][:1], 3, axis=0)])
     np.testing.assert_allclose(grey, rgb, atol=1e-5)  # grey images are compared as RGB, like pytorch-fid
+
+
+def test_mixed_image_formats_get_a_note():
+    from nnunet_semi.synthesis.fid_report import mixed_formats_note
+    grey, rgb = np.zeros((1, 32, 32), np.uint8), np.zeros((3, 64, 64), np.uint8)
+    assert mixed_formats_note({"all": ([grey, grey], [grey])}) is None
+    note = mixed_formats_note({"all": ([rgb, rgb], [grey])})
+    assert "sizes [(32, 32), (64, 64)], channels [1, 3]" in note

@@ -13,7 +13,13 @@ from nnunet_semi.synthesis.augment import AugmentConfig
 from nnunet_semi.synthesis.classes import assign_classes, class_slug
 from nnunet_semi.synthesis.data import DataSpec, build_spec, default_resolution, load_images
 from nnunet_semi.synthesis.fid import load_fid_network
-from nnunet_semi.synthesis.fid_report import collect_pairs, fid_report, real_images, write_report
+from nnunet_semi.synthesis.fid_report import (
+    collect_pairs,
+    fid_report,
+    mixed_formats_note,
+    real_images,
+    write_report,
+)
 from nnunet_semi.synthesis.generators import load_generators
 from nnunet_semi.synthesis.networks import DiscriminatorConfig, GeneratorConfig
 from nnunet_semi.synthesis.synthesize import counts_per_class, synthesize
@@ -202,6 +208,9 @@ def run_fid(args: argparse.Namespace) -> int:
     if args.max_images is not None and args.max_images < 2:
         raise UserError(f"--max-images {args.max_images}: must be at least 2.")
     pairs = collect_pairs(args.real, args.synthetic, args.max_images)
+    note = mixed_formats_note(pairs)
+    if note:
+        print(note)
     report = fid_report(pairs, load_fid_network(device), args.real, args.synthetic, args.batch, device)
     grid = write_report(report, pairs, Path(args.output))
     print_fid(report, Path(args.output), grid)

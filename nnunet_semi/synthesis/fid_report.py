@@ -106,6 +106,19 @@ def collect_pairs(real: str, synthetic: str, max_images: int | None) -> Pairs:
     return {"all": (images_from_folder(real_src, max_images), pooled)}
 
 
+def mixed_formats_note(pairs: Pairs) -> str | None:
+    """A note when the compared images differ in size or channel count (FID then also measures the difference in
+    format: each image is resized to 299 x 299 and grey is repeated to RGB)."""
+    images = [image for real, synthetic in pairs.values() for image in (*real, *synthetic)]
+    sizes = sorted({tuple(image.shape[1:]) for image in images})
+    channels = sorted({image.shape[0] for image in images})
+    if len(sizes) == 1 and len(channels) == 1:
+        return None
+    return (f"Note: the images differ in format (sizes {sizes[:4]}{' ...' if len(sizes) > 4 else ''}, channels "
+            f"{channels}); Inception sees each resized to 299 x 299 and grey repeated to RGB, so FID also measures "
+            f"these differences. Compare images of one size and colour mode for a fair number.")
+
+
 def fid_report(pairs: Pairs, network: FidNetwork, real_desc: str, synthetic_desc: str, batch_size: int = 50,
                device: str = "cpu") -> dict:
     """FID per class (when several) and over all classes together, with set sizes and the weights used."""
