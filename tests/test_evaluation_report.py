@@ -6,7 +6,7 @@ import pytest
 
 from nnunet_semi.errors import UserError
 from nnunet_semi.evaluation import report
-from nnunet_semi.evaluation.aggregate import fold_means, gap_closed, summarize
+from nnunet_semi.evaluation.aggregate import Stat, fold_means, gap_closed, paired_difference, summarize
 from nnunet_semi.evaluation.report import MethodResults, ReportSettings, TrainingBudget, load_report_json, write_report
 
 CLASSES = ("RV", "MYO", "LV")
@@ -73,7 +73,10 @@ def test_report_tables_gap_and_time(tmp_path):
     assert semi["budget"] == "2 epochs x 5 it"
     assert float(rows["nnU-Net", "0.1"]["Dice/RV/std"]) == pytest.approx(math.sqrt(2 * 0.05 ** 2))
     markdown = files.markdown.read_text()
-    assert "| Semi | 10% | 2 epochs x 5 it | 2 | 80.00 ± 0.00 | 3.00 ± 0.00 | 60.0% | 1.5 | 1.50x |" in markdown
+    # paired by fold: differences 0.2 and 0.1, t(0.975, 1) = 12.706 -> 15.00 +- 63.53 Dice points, no verdict
+    assert ("| Semi | 10% | 2 epochs x 5 it | 2 | 80.00 ± 0.00 | 3.00 ± 0.00 | +15.00 [-48.53, +78.53] | 60.0% | 1.5 "
+            "| 1.50x |") in markdown
+    assert semi["dice_vs_reference_verdict"] == "no difference shown"
     assert "**HD95 (mm)**" in markdown and "| Method | RV | MYO | LV | mean |" in markdown
     assert [p.name for p in files.plots] == ["dice_per_method.png"]
     assert all(p.stat().st_size > 0 for p in files.plots)
@@ -139,3 +142,20 @@ def test_report_shows_na_when_the_upper_bound_is_not_above_the_reference(tmp_pat
     assert semi_row.split("|")[-2].strip() == "n/a"  # the last column: gap closed
     assert "Gap closed is n/a where the all-labels upper bound" in markdown
     assert "one run, no std: validation folds 0." in markdown and "(0)" not in markdown
+
+
+def test_paired_difference_hand_values_and_verdicts():
+    def stat(values):
+        return Stat(mean=math.nan, std=math.nan, per_fold={str(i): v for i, v in enumerate(values)})
+    reference = stat([0.78, 0.79, 0.80])
+    unclear = paired_difference(stat([0.80, 0.82, 0.85]), reference)  # differences .02 .03 .05
+    sd = math.sqrt(((0.02 - 0.1 / 3) ** 2 + (0.03 - 0.1 / 3) ** 2 + (0.05 - 0.1 / 3) ** 2) / 2)
+    half = 4.302653 * sd / math.sqrt(3)  # t(0.975, 2)
+    assert unclear.mean == pytest.approx(0.1 / 3) and unclear.runs == 3
+    assert (unclear.low, unclear.high) == pytest.approx((0.1 / 3 - half, 0.1 / 3 + half), abs=1e-6)
+    assert unclear.verdict == "no difference shown"
+    better = paired_difference(stat([0.80, 0.82, 0.825]), reference)  # .02 .03 .025: half = 4.3027 * .005 / 1.732
+    assert (better.low, better.high) == pytest.approx((0.025 - 0.012421, 0.025 + 0.012421), abs=1e-5)
+    assert better.verdict == "better"
+    assert paired_difference(stat([0.70, 0.71, 0.72]), reference).verdict == "worse"
+    assert paired_difference(stat([0.9]), stat([0.8])).verdict == "n/a (one run)"

@@ -78,3 +78,38 @@ def gap_closed(method_dice: float, reference_dice: float, upper_bound_dice: floa
     if not math.isfinite(gap) or gap <= max(noise, 0.0) or not math.isfinite(method_dice):
         return math.nan
     return (method_dice - reference_dice) / gap
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of method - reference over runs paired by fold (same seeds, folds, labels), with a 95 % t interval."""
+    mean: float
+    low: float
+    high: float
+    runs: int
+
+    @property
+    def verdict(self) -> str:
+        """'better' / 'worse' only when the interval excludes 0; 'no difference shown' otherwise."""
+        if self.low > 0:
+            return "better"
+        if self.high < 0:
+            return "worse"
+        return "no difference shown" if math.isfinite(self.low) else "n/a (one run)"
+
+
+def paired_difference(method: Stat, reference: Stat, confidence: float = 0.95) -> PairedDifference:
+    """Paired difference over the folds both have: mean +- t_{(1+c)/2, n-1} * sd / sqrt(n); no interval (NaN)
+    with fewer than two pairs."""
+    from scipy import stats
+    folds = sorted(set(method.per_fold) & set(reference.per_fold))
+    differences = np.array([method.per_fold[f] - reference.per_fold[f] for f in folds], dtype=float)
+    differences = differences[np.isfinite(differences)]
+    if differences.size == 0:
+        return PairedDifference(math.nan, math.nan, math.nan, 0)
+    mean = float(differences.mean())
+    if differences.size < 2:
+        return PairedDifference(mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf((1 + confidence) / 2, differences.size - 1)
+                 * differences.std(ddof=1) / math.sqrt(differences.size))
+    return PairedDifference(mean, mean - half, mean + half, int(differences.size))

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunet_semi.errors import UserError
-from nnunet_semi.evaluation.aggregate import MEAN, Stat, Summary, gap_closed, summarize
+from nnunet_semi.evaluation.aggregate import (
+    MEAN,
+    PairedDifference,
+    Stat,
+    Summary,
+    gap_closed,
+    paired_difference,
+    summarize,
+)
 from nnunet_semi.evaluation.folders import FoldMetrics
 from nnunet_semi.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, DEFINITIONS, DISTANCE_UNIT, MODES
 from nnunet_semi.evaluation.plots import Entry, FractionPanel, plot_dice_per_method, plot_dice_vs_labeled_fraction
@@ -85,6 +93,7 @@ class Row:
     gap_closed: float
     time_ratio: float  # seconds per iteration / the reference's
     cases: int
+    versus_reference: PairedDifference | None = None  # mean Dice, paired by fold; None for the reference itself
 
 
 def write_report(methods: Sequence[MethodResults], output_folder: str | Path,
@@ -180,6 +189,9 @@ def build_rows(methods: Sequence[MethodResults], split: str) -> list[Row]:
                         if reference is not None and upper is not None else math.nan),
             time_ratio=_ratio(m.seconds_per_iteration, reference.seconds_per_iteration if reference else None),
             cases=len({case for cases in getattr(m, split).values() for case in cases}),
+            versus_reference=(paired_difference(summaries[id(m)][MEAN]["Dice"], summaries[id(reference)][MEAN]["Dice"])
+                              if reference is not None and reference is not m and MEAN in summaries[id(m)]
+                              and MEAN in summaries[id(reference)] else None),
         ))
     return rows
 
@@ -263,6 +275,8 @@ def _summary_table(rows: Sequence[Row], settings: ReportSettings) -> list[str]:
         "Labeled": ([_format_fraction(r.method.labeled_fraction) for r in rows],
                     any(r.method.labeled_fraction is not None for r in rows)),
         "Budget": ([str(r.method.budget or "nnU-Net default") for r in rows], any(r.method.budget for r in rows)),
+        "Δ Dice vs reference (95% CI)": ([_paired(r.versus_reference) for r in rows],
+                                         any(r.versus_reference is not None for r in rows)),
         "Gap closed": ([_percent(r.gap_closed) or "n/a" for r in rows], _has_upper_bound(rows)),
         "s / it": ([_number(r.method.seconds_per_iteration) for r in rows],
                    any(r.method.seconds_per_iteration for r in rows)),
@@ -270,7 +284,8 @@ def _summary_table(rows: Sequence[Row], settings: ReportSettings) -> list[str]:
     }
     shown = {name: values for name, (values, show) in optional.items() if show}
     leading = [name for name in ("Labeled", "Budget") if name in shown]
-    trailing = [name for name in ("Gap closed", "s / it", "Time vs reference") if name in shown]
+    trailing = [name for name in ("Δ Dice vs reference (95% CI)", "Gap closed", "s / it", "Time vs reference")
+                if name in shown]
     header = ["Method", *leading, "Cases", *(_metric_header(m, settings) for m in metrics), *trailing]
     body = [[r.method.name, *(shown[name][i] for name in leading), str(r.cases),
              *(_format_stat(r.summary[MEAN][m], m) for m in metrics), *(shown[name][i] for name in trailing)]
@@ -284,6 +299,16 @@ def _per_class_table(rows: Sequence[Row], metric: str, settings: ReportSettings)
     header = ["Method", *classes]
     body = [[_label(r, several), *(_format_stat(r.summary[c][metric], metric) for c in classes)] for r in rows]
     return [f"**{_metric_header(metric, settings)}**", "", *_markdown_table(header, body)]
+
+
+def _paired(difference: PairedDifference | None) -> str:
+    """'+1.23 [0.10, 2.36] better' in Dice points; the verdict only when the interval excludes 0."""
+    if difference is None or not math.isfinite(difference.mean):
+        return ""
+    if not math.isfinite(difference.low):
+        return f"{100 * difference.mean:+.2f} (one run)"
+    verdict = "" if difference.verdict == "no difference shown" else f" {difference.verdict}"
+    return f"{100 * difference.mean:+.2f} [{100 * difference.low:+.2f}, {100 * difference.high:+.2f}]{verdict}"
 
 
 def _has_upper_bound(rows: Sequence[Row]) -> bool:
@@ -333,8 +358,10 @@ def render_markdown(tables: Mapping[str, Sequence[Row]], settings: ReportSetting
     lines += ["## How the numbers are computed", "", DEFINITIONS[settings.mode], "",
               "Per fold: mean over cases (NaN skipped), then over classes (nnU-Net's foreground mean); over folds: "
               "mean ± sample std. Gap closed = (method − reference) / (upper bound − reference) on mean Dice, "
-              "against the reference of the same labeled fraction. Time vs reference: seconds per training "
-              "iteration divided by the reference's.", ""]
+              "against the reference of the same labeled fraction. Δ Dice vs reference: mean over folds (runs) of "
+              "the method's mean Dice minus the reference's in the same fold, in Dice points, with a 95 % t "
+              "interval; 'better' or 'worse' only when the interval excludes 0. Time vs reference: seconds per "
+              "training iteration divided by the reference's.", ""]
     return "\n".join(lines)
 
 
@@ -350,17 +377,24 @@ def render_csv(tables: Mapping[str, Sequence[Row]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["split", "method", "role", "labeled_fraction", "budget", "cases", "seconds_per_iteration",
-                     "time_vs_reference", "dice_gap_closed",
+                     "time_vs_reference", "dice_gap_closed", "dice_vs_reference", "dice_vs_reference_low",
+                     "dice_vs_reference_high", "dice_vs_reference_verdict",
                      *(f"{metric}/{cls}/{stat}" for metric, cls in columns for stat in ("mean", "std"))])
     for split, rows in tables.items():
         for r in rows:
             m = r.method
             writer.writerow([split, m.name, m.role, _csv_value(m.labeled_fraction), m.budget or "", r.cases,
                              _csv_value(m.seconds_per_iteration), _csv_value(r.time_ratio),
-                             _csv_value(r.gap_closed),
+                             _csv_value(r.gap_closed), *_paired_csv(r.versus_reference),
                              *(_csv_value(getattr(r.summary[cls][metric], stat))
                                for metric, cls in columns for stat in ("mean", "std"))])
     return out.getvalue()
+
+
+def _paired_csv(difference: PairedDifference | None) -> list[str]:
+    if difference is None:
+        return ["", "", "", ""]
+    return [_csv_value(difference.mean), _csv_value(difference.low), _csv_value(difference.high), difference.verdict]
 
 
 def _csv_value(value: float | None) -> str:
@@ -387,7 +421,11 @@ def render_json(methods: Sequence[MethodResults], tables: Mapping[str, Sequence[
 
 
 def _summary_json(row: Row) -> dict:
+    paired = row.versus_reference
     return {"cases": row.cases, "dice_gap_closed": row.gap_closed, "time_vs_reference": row.time_ratio,
+            "dice_vs_reference": None if paired is None else {
+                "mean": paired.mean, "ci95": [paired.low, paired.high], "runs": paired.runs,
+                "verdict": paired.verdict},
             "metrics": {cls: {metric: {"mean": s.mean, "std": s.std, "per_fold": s.per_fold}
                               for metric, s in metrics.items()} for cls, metrics in row.summary.items()}}
 
