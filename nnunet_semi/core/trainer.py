@@ -23,7 +23,6 @@ from torch.nn.parallel import DistributedDataParallel
 from nnunet_semi.core.frozen import trainable_parameters
 from nnunet_semi.core.hyperparameters import ClassHyperparameters
 from nnunet_semi.core.logging import SemiLocalLogger
-from nnunet_semi.core.rampup import RAMPUPS
 from nnunet_semi.core.teacher import EMATeacher, unwrap_network
 from nnunet_semi.core.unlabeled import (
     UnlabeledViews,
@@ -155,25 +154,28 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         self.require("extra_module_lr_scale", all(v > 0 for v in self.extra_module_lr_scale.values()),
                      "a dict of positive learning-rate multipliers")
 
-    def require_rampup(self, name: str) -> None:
-        """Check that the class attribute ``name`` names one of :data:`~nnunet_semi.core.rampup.RAMPUPS`."""
-        self.require(name, getattr(self, name) in RAMPUPS, f"one of {sorted(RAMPUPS)}")
-
     # ------------------------------------------------------------------ cases and data
+    @functools.cached_property
+    def case_keys(self) -> list[str]:
+        """Every training case of the preprocessed dataset."""
+        folder = self.preprocessed_dataset_folder
+        return infer_dataset_class(folder).get_identifiers(folder)
+
     @functools.cached_property
     def unlabeled_keys(self) -> list[str]:
         """Every unlabeled case of the preprocessed dataset, read once from the cases' properties."""
         if "ignore" not in self.dataset_json["labels"]:
             return []
-        folder = self.preprocessed_dataset_folder
-        return sorted(find_unlabeled_cases(folder, infer_dataset_class(folder).get_identifiers(folder)))
+        return sorted(find_unlabeled_cases(self.preprocessed_dataset_folder, self.case_keys))
 
     def do_split(self):
         """nnU-Net's split restricted to labeled cases; every unlabeled case of the dataset is trained on (also
         unlabeled cases added after the split was written, e.g. synthetic ones). Checked before nnU-Net's split,
         which would write a random ``splits_final.json`` for a dataset without labeled cases."""
-        folder = self.preprocessed_dataset_folder
-        if self.unlabeled_keys and set(infer_dataset_class(folder).get_identifiers(folder)) <= set(self.unlabeled_keys):
+        if not self.unlabeled_keys:
+            raise RuntimeError(f"{self.__class__.__name__} needs unlabeled cases (label files that are entirely the "
+                               f"ignore label) and found none in {self.preprocessed_dataset_folder}.")
+        if set(self.case_keys) <= set(self.unlabeled_keys):
             raise UserError(f"{self.plans_manager.dataset_name} has no labeled case: all "
                             f"{len(self.unlabeled_keys)} training cases are unlabeled (label files entirely the "
                             f"ignore label). Keep the labels of some cases, e.g. with 'nnunet-semi make-semi'.")
@@ -186,9 +188,6 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
                                    f"'nnunet-semi make-semi' or 'nnunet-semi splits'.")
         labeled_tr = [k for k in tr_keys if k not in unlabeled]
         labeled_val = [k for k in val_keys if k not in unlabeled]
-        if not self.unlabeled_keys:
-            raise RuntimeError(f"{self.__class__.__name__} needs unlabeled cases (label files that are entirely the "
-                               f"ignore label) and found none in {self.preprocessed_dataset_folder}.")
         if not labeled_tr or not labeled_val:
             raise RuntimeError(f"Fold {self.fold} has {len(labeled_tr)} labeled training and {len(labeled_val)} "
                                f"labeled validation cases; both must be non-empty.")
@@ -297,12 +296,10 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
             self.extra_modules = {name: wrap_for_ddp(m, self.device, self.local_rank) if any(
                 trainable_parameters(m)) else m for name, m in self.extra_modules.items()}
 
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """What the optimiser updates and gradient clipping covers: the network's and the extra modules'."""
-        parameters = list(trainable_parameters(self.network))
-        for module in self.extra_modules.values():
-            parameters += trainable_parameters(module)
-        return parameters
+    def optimised_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimiser updates (the network's and the extra modules' trainable parameters): what gradient
+        clipping covers."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def set_deep_supervision_enabled(self, enabled: bool):
         unwrap_network(self.network).decoder.deep_supervision = enabled
@@ -432,12 +429,12 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self.optimised_parameters(), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self.optimised_parameters(), 12)
             self.optimizer.step()
 
     def total_iterations(self) -> int:

@@ -81,25 +81,22 @@ def open_image(path: Path) -> Image.Image:
     return image
 
 
-def check_masks_for_threshold(mask_paths: list[Path], threshold: float) -> None:
+def check_masks_for_threshold(mask_values: list[set[int]], threshold: float) -> None:
     """Stop when thresholding would silently write an all-background dataset: every mask's maximum is at most the
-    threshold although some masks are not empty, i.e. the masks hold label values (0/1, 0/1/2), not 0/255."""
-    maxima, values = [], set()
-    for path in tqdm(mask_paths, desc="Checking masks", leave=False):
-        with open_image(path) as m:
-            mask = np.asarray(m.convert("L"))
-        maxima.append(int(mask.max()))
-        if len(values) < 20:
-            values.update(int(v) for v in np.unique(mask)[:20])
-    if max(maxima) <= threshold and max(maxima) > 0:
-        raise UserError(f"Every mask is at most {max(maxima)} (values found: {sorted(values)[:10]}), so the "
+    threshold although some masks are not empty, i.e. the masks hold label values (0/1, 0/1/2), not 0/255.
+    ``mask_values``: the distinct values of each (unthresholded) mask."""
+    values = set().union(*mask_values)
+    if 0 < max(values) <= threshold:
+        raise UserError(f"Every mask is at most {max(values)} (values found: {sorted(values)[:10]}), so the "
                         f"threshold 'mask > {threshold:g}' would make every label background. These masks hold "
                         f"label values: use --mask-values (with one --label-names entry per label), or lower "
                         f"--threshold.")
 
 
-def convert_pair(image_path: Path, mask_path: Path, options: ConversionOptions) -> tuple[np.ndarray, np.ndarray]:
-    """(image (H, W) or (H, W, 3) in its own integer type, label map (H, W) uint8)."""
+def convert_pair(image_path: Path, mask_path: Path,
+                 options: ConversionOptions) -> tuple[np.ndarray, np.ndarray, set[int]]:
+    """(image (H, W) or (H, W, 3) in its own integer type, label map (H, W) uint8, the distinct values of the mask
+    as read, for :func:`check_masks_for_threshold`)."""
     with open_image(image_path) as im:
         if options.rgb:
             im = im.convert("RGB")
@@ -113,6 +110,7 @@ def convert_pair(image_path: Path, mask_path: Path, options: ConversionOptions) 
     if image.shape[:2] != mask.shape:
         raise UserError(f"{image_path} ({image.shape[1]}x{image.shape[0]}) and {mask_path} "
                         f"({mask.shape[1]}x{mask.shape[0]}) differ in size.")
+    mask_values = {int(v) for v in np.unique(mask)}
     if options.size is not None:
         dtype = image.dtype
         image = np.clip(np.round(_resize(image, options.size, Image.BILINEAR)),
@@ -127,14 +125,16 @@ def convert_pair(image_path: Path, mask_path: Path, options: ConversionOptions) 
             raise UserError(f"Mask {mask_path} has values {values}; with --mask-values labels must lie in "
                             f"0..{options.max_label} (one --label-names entry per label).")
         labels = labels.astype(np.uint8)
-    return image, labels
+    return image, labels, mask_values
 
 
-def _convert_and_write(job: tuple) -> None:
+def _convert_and_write(job: tuple) -> set[int]:
+    """Convert and write one pair; returns the mask's distinct values."""
     image_path, mask_path, out_image, out_label, options = job
-    image, labels = convert_pair(image_path, mask_path, options)
+    image, labels, mask_values = convert_pair(image_path, mask_path, options)
     Image.fromarray(image).save(out_image)
     Image.fromarray(labels).save(out_label)
+    return mask_values
 
 
 def _any_colour_image(paths) -> bool:
@@ -171,8 +171,6 @@ def convert_2d_dataset(images_dir: str, masks_dir: str, dataset_id: int, name: s
     if threshold is not None and len(label_names) != 1:
         raise UserError("Thresholded masks have one foreground label: give one --label-names entry, or use "
                         "--mask-values for masks that hold several label values.")
-    if threshold is not None:
-        check_masks_for_threshold([p[1] for p in pairs.values()], threshold)
     rgb = {"rgb": True, "grey": False}.get(colour)
     if rgb is None:
         rgb = _any_colour_image(p[0] for p in pairs.values())
@@ -189,9 +187,10 @@ def convert_2d_dataset(images_dir: str, masks_dir: str, dataset_id: int, name: s
             out_images, out_label = writer.new_training_case(case)
             jobs.append((image_path, mask_path, out_images[0], out_label, options))
         with get_context("spawn").Pool(num_processes) as pool:
-            for _ in tqdm(pool.imap_unordered(_convert_and_write, jobs, chunksize=4), total=len(jobs),
-                          desc=f"Converting {len(jobs)} image/mask pairs"):
-                pass
+            mask_values = list(tqdm(pool.imap_unordered(_convert_and_write, jobs, chunksize=4), total=len(jobs),
+                                    desc=f"Converting {len(jobs)} image/mask pairs"))
+        if threshold is not None:  # before the commit: a refused dataset leaves nothing behind
+            check_masks_for_threshold(mask_values, threshold)
         commit_all([writer])
     return writer.name
 

@@ -35,7 +35,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         self.require("ema_decay", self.ema_decay is not None, "a decay in [0, 1): Mean Teacher needs its teacher")
         self.require("unlabeled_views", self.unlabeled_views == 2, "2 (one view for the student, one for the teacher)")
         self.require("consistency_weight", self.consistency_weight >= 0, ">= 0")
-        self.require_rampup("consistency_rampup")
+        self.require("consistency_rampup", self.consistency_rampup in RAMPUPS, f"one of {sorted(RAMPUPS)}")
         self.require("consistency_rampup_fraction", 0 <= self.consistency_rampup_fraction <= 1, "in [0, 1]")
         self.require("teacher_noise_std", self.teacher_noise_std >= 0, ">= 0")
 
