@@ -192,19 +192,46 @@ def _assert_terms_logged(checkpoint: dict, terms: tuple[str, ...], epochs: int) 
         assert len(checkpoint["logging"][term]) == epochs, term
 
 
-def test_2d_mean_teacher_trains_resumes_and_predicts(toy_2d):
-    trainer, dataset = "nnUNetTrainerMeanTeacher_resumable", "Dataset502_ToySemi6"
-    fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
-    # interrupt a training after its first checkpoint (written atomically, so always complete)
-    process = subprocess.Popen(["nnUNetv2_train", "502", "2d", "0", "-tr", trainer, "-device", "cpu"],
-                               env=toy_2d.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def _kill_after_first_checkpoint(workspace: Workspace, dataset_id: int, configuration: str, trainer: str,
+                                 fold_dir: Path) -> dict:
+    """Start a training, kill it (with nnU-Net's augmentation workers) once its first checkpoint exists (written
+    atomically, so always complete) and return that checkpoint."""
+    process = subprocess.Popen(["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", trainer, "-device",
+                                "cpu"], env=workspace.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
         _wait_for(fold_dir / "checkpoint_latest.pth", process)
-    finally:  # kill the whole session: nnU-Net's data-augmentation workers too
+    finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    interrupted = torch.load(fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    return torch.load(fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+
+
+def _assert_stock_prediction_matches_validation(workspace: Workspace, dataset: str, dataset_id: int,
+                                                trainer: str) -> None:
+    """Stock nnUNetv2_predict on the validation cases gives what the trainer's own final validation (run with
+    --npz) predicted: same probabilities, same segmentations."""
+    validation = workspace.fold_dir(dataset, trainer, "2d") / "validation"
+    cases = sorted(p.name[:-len(".npz")] for p in validation.glob("*.npz"))
+    assert cases
+    images, out = workspace.root / f"validation_images_{trainer}", workspace.root / f"validation_predicted_{trainer}"
+    images.mkdir()
+    for case in cases:
+        shutil.copy(workspace.folders["nnUNet_raw"] / dataset / "imagesTr" / f"{case}_0000.png", images)
+    _run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", "2d", "-f", "0",
+          "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1", "--save_probabilities"], workspace.env)
+    for case in cases:
+        inside = np.load(validation / f"{case}.npz")["probabilities"]
+        stock = np.load(out / f"{case}.npz")["probabilities"]
+        np.testing.assert_allclose(stock, inside, atol=1e-6)
+        assert np.array_equal(np.asarray(Image.open(out / f"{case}.png")),
+                              np.asarray(Image.open(validation / f"{case}.png")))
+
+
+def test_2d_mean_teacher_trains_resumes_and_predicts(toy_2d):
+    trainer, dataset = "nnUNetTrainerMeanTeacher_resumable", "Dataset502_ToySemi6"
+    fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
+    interrupted = _kill_after_first_checkpoint(toy_2d, 502, "2d", trainer, fold_dir)
     assert interrupted["current_epoch"] < 4 and not (fold_dir / "checkpoint_final.pth").exists()
     assert interrupted["semi_state"]["global_step"] == 3 * interrupted["current_epoch"]
 
@@ -256,23 +283,7 @@ def test_extension_points_train_resume_and_predict_identically(toy_2d):
     assert len(groups[0]["params"]) == resumed["trainable_network_parameters"]  # no frozen tensor optimised
     assert not torch.equal(final["semi_state"]["student"]["class_bias"], final["network_weights"]["class_bias"])
 
-    # stock nnUNetv2_predict on the validation cases == the trainer's own final validation (teacher exported)
-    validation = fold_dir / "validation"
-    cases = sorted(p.name[:-len(".npz")] for p in validation.glob("*.npz"))
-    assert cases
-    images = toy_2d.root / "validation_images"
-    images.mkdir()
-    for case in cases:
-        shutil.copy(toy_2d.folders["nnUNet_raw"] / dataset / "imagesTr" / f"{case}_0000.png", images)
-    out = toy_2d.root / "validation_predicted"
-    _run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", "502", "-c", "2d", "-f", "0", "-tr", trainer,
-          "-device", "cpu", "-npp", "1", "-nps", "1", "--save_probabilities"], toy_2d.env)
-    for case in cases:
-        inside = np.load(validation / f"{case}.npz")["probabilities"]
-        stock = np.load(out / f"{case}.npz")["probabilities"]
-        np.testing.assert_allclose(stock, inside, atol=1e-6)
-        assert np.array_equal(np.asarray(Image.open(out / f"{case}.png")),
-                              np.asarray(Image.open(validation / f"{case}.png")))
+    _assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)  # teacher exported
 
     # -pretrained_weights: the teacher starts from the loaded student, not from the random initialisation
     pretrained = subprocess.run(["nnUNetv2_train", "502", "2d", "1", "-tr", trainer, "-device", "cpu",
@@ -285,6 +296,28 @@ def test_extension_points_train_resume_and_predict_identically(toy_2d):
     encoder_keys = [k for k in loaded if k.startswith("planned.encoder.")]
     assert encoder_keys and all(torch.equal(started["student"][k], loaded[k]) for k in encoder_keys)
     assert all(torch.equal(started["teacher"][k], started["student"][k]) for k in started["teacher"])
+
+
+def test_2d_scdl_cps_trains_both_networks_resumes_and_predicts_identically(toy_2d):
+    """SCDL over CPS: both networks (each with its own proxies and priors) train, are checkpointed, resume with --c,
+    and stock nnUNetv2_predict reproduces the trainer's own validation (priors applied, deterministic in eval)."""
+    trainer, dataset = "nnUNetTrainerSCDL_CPS_3epochs_2its", "Dataset502_ToySemi6"
+    fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
+    interrupted = _kill_after_first_checkpoint(toy_2d, 502, "2d", trainer, fold_dir)
+    assert interrupted["current_epoch"] < 3
+    second = interrupted["semi_state"]["extra_modules"]["second"]
+    assert set(second) == set(interrupted["network_weights"]) and "proxies.means" in second
+    assert any(k.startswith("prior_projections.") for k in second)
+    assert not torch.equal(second["proxies.means"], interrupted["network_weights"]["proxies.means"])
+
+    toy_2d.train(502, "2d", trainer, "--c", "--npz")
+    final = toy_2d.checkpoint(dataset, trainer, "2d")
+    assert final["current_epoch"] == 3 and final["semi_state"]["global_step"] == 6
+    _assert_terms_logged(final, ("loss_supervised", "loss_cps", "loss_e2p", "loss_p2e", "loss_sac"), 3)
+    assert all(np.isfinite(final["logging"][t][-1]) and final["logging"][t][-1] > 0
+               for t in ("loss_cps", "loss_e2p", "loss_p2e", "loss_sac"))
+    assert len(final["optimizer_state"]["param_groups"]) == 2  # second network optimised with the first
+    _assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)
 
 
 def test_2d_sra_seg_both_phases_and_predicts(toy_2d):
@@ -304,10 +337,11 @@ def test_2d_sra_seg_both_phases_and_predicts(toy_2d):
     assert len(list(predictions.glob("*.png"))) == len(list(images.glob("*.png")))
 
 
-def test_3d_fullres_mean_teacher_and_sra_seg_train_and_predict(toy_3d):
+def test_3d_fullres_mean_teacher_sra_seg_and_scdl_train_and_predict(toy_3d):
     dataset = "Dataset512_Toy3DSemi3"
     for trainer, terms in (("nnUNetTrainerMeanTeacher_2epochs_3its", ("loss_consistency",)),
-                           ("nnUNetTrainerSRASeg_effnetSA_2epochs_3its", ("loss_seg", "loss_sa", "domain_gap"))):
+                           ("nnUNetTrainerSRASeg_effnetSA_2epochs_3its", ("loss_seg", "loss_sa", "domain_gap")),
+                           ("nnUNetTrainerSCDL_2epochs_3its", ("loss_consistency", "loss_e2p", "loss_p2e", "loss_sac"))):
         toy_3d.train(512, "3d_fullres", trainer)
         final = toy_3d.checkpoint(dataset, trainer, "3d_fullres")
         assert final["semi_state"]["global_step"] == 6

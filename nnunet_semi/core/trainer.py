@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from nnunet_semi.core.frozen import trainable_parameters
 from nnunet_semi.core.hyperparameters import ClassHyperparameters
 from nnunet_semi.core.logging import SemiLocalLogger
+from nnunet_semi.core.rampup import RAMPUPS
 from nnunet_semi.core.teacher import EMATeacher, unwrap_network
 from nnunet_semi.core.unlabeled import (
     UnlabeledViews,
@@ -385,14 +386,22 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         logits = logits.float()
         return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
 
-    def forward_labeled_and_unlabeled(self, labeled: torch.Tensor, unlabeled: torch.Tensor):
-        """One student forward pass on both batches (one pass keeps DDP's gradient hooks simple).
+    def training_forward(self, network: nn.Module, x: torch.Tensor):
+        """A training forward pass of ``network`` (the student, or another trained network such as CPS's second);
+        the place where a method that needs more than the outputs (e.g. token embeddings) gets them."""
+        return network(x)
+
+    def forward_labeled_and_unlabeled(self, labeled: torch.Tensor, unlabeled: torch.Tensor,
+                                      network: nn.Module | None = None):
+        """One forward pass of the student (or ``network``) on both batches (one pass keeps DDP's gradient hooks
+        simple).
 
         Returns the labeled outputs in nnU-Net's format (a list over deep-supervision scales if enabled) and the
         full-resolution logits of the unlabeled batch.
         """
-        labeled_outputs, unlabeled_outputs = split_batch_outputs(self.network(torch.cat((labeled, unlabeled))),
-                                                                 labeled.shape[0])
+        network = self.network if network is None else network
+        outputs = self.training_forward(network, torch.cat((labeled, unlabeled)))
+        labeled_outputs, unlabeled_outputs = split_batch_outputs(outputs, labeled.shape[0])
         return labeled_outputs, full_resolution(unlabeled_outputs)
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
@@ -439,6 +448,16 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     def total_iterations(self) -> int:
         return self.num_epochs * self.num_iterations_per_epoch
+
+    def ramped_weight(self, weight: float, rampup: str, fraction: float) -> float:
+        """``weight`` times the ramp-up ``rampup`` (a key of ``RAMPUPS``) over the first ``fraction`` of training,
+        at the current step."""
+        return weight * RAMPUPS[rampup](self.global_step, round(fraction * self.total_iterations()))
+
+    def require_rampup(self, rampup_attribute: str, fraction_attribute: str) -> None:
+        """Validate a ramp-up hyperparameter pair (a ramp-up name and the fraction of training it spans)."""
+        self.require(rampup_attribute, getattr(self, rampup_attribute) in RAMPUPS, f"one of {sorted(RAMPUPS)}")
+        self.require(fraction_attribute, 0 <= getattr(self, fraction_attribute) <= 1, "in [0, 1]")
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)

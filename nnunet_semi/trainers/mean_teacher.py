@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nnunet_semi.core.rampup import RAMPUPS
 from nnunet_semi.core.trainer import Batch, nnUNetTrainerSemi
 
 
@@ -35,14 +34,11 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         self.require("ema_decay", self.ema_decay is not None, "a decay in [0, 1): Mean Teacher needs its teacher")
         self.require("unlabeled_views", self.unlabeled_views == 2, "2 (one view for the student, one for the teacher)")
         self.require("consistency_weight", self.consistency_weight >= 0, ">= 0")
-        self.require("consistency_rampup", self.consistency_rampup in RAMPUPS, f"one of {sorted(RAMPUPS)}")
-        self.require("consistency_rampup_fraction", 0 <= self.consistency_rampup_fraction <= 1, "in [0, 1]")
+        self.require_rampup("consistency_rampup", "consistency_rampup_fraction")
         self.require("teacher_noise_std", self.teacher_noise_std >= 0, ">= 0")
 
     def current_consistency_weight(self) -> float:
-        rampup = RAMPUPS[self.consistency_rampup]
-        return self.consistency_weight * rampup(self.global_step,
-                                                round(self.consistency_rampup_fraction * self.total_iterations()))
+        return self.ramped_weight(self.consistency_weight, self.consistency_rampup, self.consistency_rampup_fraction)
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         student_view, teacher_view = unlabeled
