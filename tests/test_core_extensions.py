@@ -15,7 +15,14 @@ from nnunet_semi.core.frozen import FrozenPart, frozen_parts, trainable_paramete
 from nnunet_semi.core.teacher import EMATeacher
 from nnunet_semi.core.trainer import ScaledPolyLRScheduler, mean_over_workers, nnUNetTrainerSemi
 from nnunet_semi.errors import UserError
-from nnunet_semi.trainers import TRAINERS, nnUNetTrainerMeanTeacher, nnUNetTrainerSRASeg
+from nnunet_semi.trainers import (
+    TRAINERS,
+    nnUNetTrainerCPS,
+    nnUNetTrainerMeanTeacher,
+    nnUNetTrainerSCDL,
+    nnUNetTrainerSCDL_CPS,
+    nnUNetTrainerSRASeg,
+)
 
 
 class _WithFrozenBranch(nn.Module):
@@ -89,6 +96,14 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerSRASeg, {"unlabeled_batch_ratio": 0.5}, "unlabeled_batch_ratio"),
     (nnUNetTrainerSRASeg, {"soft_dice_reduction": "voxel"}, "soft_dice_reduction"),
     (nnUNetTrainerSRASeg, {"sa_extractor": "clip"}, "sa_extractor"),
+    (nnUNetTrainerCPS, {"cps_weight": -1}, "cps_weight"),
+    (nnUNetTrainerCPS, {"unlabeled_views": 2}, "unlabeled_views"),
+    (nnUNetTrainerCPS, {"cps_rampup": "step"}, "cps_rampup"),
+    (nnUNetTrainerSCDL, {"token_dim": 0}, "token_dim"),
+    (nnUNetTrainerSCDL, {"prior_samples": 2.5}, "prior_samples"),
+    (nnUNetTrainerSCDL, {"sac_max_classes": 0}, "sac_max_classes"),
+    (nnUNetTrainerSCDL_CPS, {"cdba_weight": -0.1}, "cdba_weight"),
+    (nnUNetTrainerSCDL_CPS, {"use_priors": "yes"}, "use_priors"),
 ])
 def test_bad_hyperparameters_stop_at_construction(trainer_class, attributes, message):
     with pytest.raises(UserError, match=message):

@@ -114,3 +114,66 @@ def test_extra_modules_are_ddp_wrapped_like_the_network(tmp_path):
     results = mp.Manager().dict()
     mp.spawn(_extra_module_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
     assert results[0] and results[1]
+
+
+def _scdl_loss(network, forward, x, labels, anchors=None):
+    """SCDL's pattern: the DDP forward returns logits and tokens; E2P/P2E use the proxies outside the forward, SAC
+    uses anchors from encoder passes of the unwrapped network (all-reduced under DDP)."""
+    from nnunet_semi.components.class_distribution import (
+        embedding_to_proxy_loss,
+        proxy_to_embedding_loss,
+        semantic_anchor_loss,
+        semantic_anchors,
+    )
+    torch.manual_seed(5)  # the same prior draws in the DDP and the reference forward
+    logits, tokens = forward(x, return_tokens=True)
+    means = network.proxies.means
+    if anchors is None:
+        anchors = semantic_anchors(network, x, labels, [0, 1], 2)
+    loss = logits.square().mean() + embedding_to_proxy_loss(tokens, means) + proxy_to_embedding_loss(tokens, means)
+    return loss + semantic_anchor_loss(means, *anchors), anchors
+
+
+def _scdl_worker(rank: int, world_size: int, init_file: str, results) -> None:
+    from nnunet_semi.components.class_distribution import SCDLNetwork
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    network = SCDLNetwork(_tiny_unet(), 2, token_dim=8, token_grid=2, prior_samples=3)
+    with torch.no_grad():
+        for projection in network.prior_projections:
+            projection.weight.normal_()
+    reference = SCDLNetwork(_tiny_unet(), 2, token_dim=8, token_grid=2, prior_samples=3)
+    reference.load_state_dict(network.state_dict())
+    ddp = DistributedDataParallel(network)
+    torch.manual_seed(10 + rank)
+    x = torch.randn(2, 1, 8, 8)
+    labels = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    labels[:, :, :4] = rank  # class 1 only on rank 1: its anchor must still reach rank 0
+    loss, anchors = _scdl_loss(network, ddp, x, labels)
+    loss.backward()
+    _scdl_loss(reference, reference, x, labels, anchors)[0].backward()
+    expected = [p.grad.clone() for p in reference.parameters()]
+    for g in expected:
+        dist.all_reduce(g)
+        g /= world_size
+    gathered = [torch.zeros_like(anchors[0]) for _ in range(world_size)]
+    dist.all_gather(gathered, anchors[0])
+    results[rank] = {
+        "gradients_averaged": all(torch.allclose(p.grad, e, atol=1e-6)
+                                  for p, e in zip(network.parameters(), expected)),
+        "anchors_identical": torch.equal(gathered[0], gathered[1]),
+        "present": anchors[1].tolist(),
+        "local_classes": sorted(torch.unique(labels).tolist()),
+    }
+    dist.destroy_process_group()
+
+
+def test_scdl_proxies_and_anchors_under_ddp(tmp_path):
+    """Proxies are parameters of the DDP-wrapped network (gradients averaged, also from the losses computed outside
+    the forward); SAC's anchors are reduced over workers, so every rank sees every class of the global batch."""
+    results = mp.Manager().dict()
+    mp.spawn(_scdl_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    for rank in range(2):
+        assert results[rank]["gradients_averaged"] and results[rank]["anchors_identical"]
+        assert results[rank]["present"] == [True, True]
+    assert results[0]["local_classes"] == [0]  # rank 0 has no class 1 but got its anchor

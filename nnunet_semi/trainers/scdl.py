@@ -158,3 +158,9 @@ class nnUNetTrainerSCDL_CPS_noPriors(nnUNetTrainerSCDL_CPS):
 
 class nnUNetTrainerSCDL_CPS_noCDBA(nnUNetTrainerSCDL_CPS):
     cdba_weight = 0.0
+
+
+class nnUNetTrainerSCDL_sac1(nnUNetTrainerSCDL):
+    """SAC with one random present class per step (one encoder pass instead of one per class)."""
+
+    sac_max_classes = 1
