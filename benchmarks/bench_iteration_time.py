@@ -8,6 +8,7 @@ shows up as a wait fraction.
 
     python benchmarks/bench_iteration_time.py                      # self-contained: toy 2D data at 128x128
     python benchmarks/bench_iteration_time.py --dataset 101 -c 2d  # a semi dataset made by make-semi + plan
+    python benchmarks/bench_iteration_time.py --dataset 101 -p MyPlans --trainers nnUNetTrainerSCDL
 
 Prints a table and writes it as JSON next to ``--output`` (default benchmarks/results/iteration_time.json).
 """
@@ -62,9 +63,9 @@ def _toy_semi_dataset(workdir: Path, size: int, num_cases: int) -> str:
 
 
 def time_trainer(trainer_name: str, dataset: str, configuration: str, device: torch.device, iterations: int,
-                 warmup: int) -> dict:
+                 warmup: int, plans: str = "nnUNetPlans") -> dict:
     from nnunetv2.run.run_training import get_trainer_from_args
-    trainer = get_trainer_from_args(dataset, configuration, 0, trainer_name, device=device)
+    trainer = get_trainer_from_args(dataset, configuration, 0, trainer_name, plans, device=device)
     trainer.on_train_start()
     trainer.on_train_epoch_start()
     labeled = TimedIterator(trainer.dataloader_train)
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", help="semi-supervised dataset made by make-semi and planned (default: toy)")
     parser.add_argument("-c", "--configuration", default="2d")
+    parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainerMeanTeacher"])
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -119,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         from nnunet_semi.planners.raw import resolve_dataset
         semi = resolve_dataset(semi)
         twin, _ = related_datasets(semi)
-        rows = [time_trainer(VANILLA, twin, args.configuration, device, args.iterations, args.warmup)]
-        rows += [time_trainer(t, semi, args.configuration, device, args.iterations, args.warmup)
+        rows = [time_trainer(VANILLA, twin, args.configuration, device, args.iterations, args.warmup, args.plans)]
+        rows += [time_trainer(t, semi, args.configuration, device, args.iterations, args.warmup, args.plans)
                  for t in args.trainers]
     vanilla = rows[0]["seconds_per_iteration"]
     print(f"\nTraining iteration time on {args.device} ({args.configuration}, {args.iterations} iterations after "
