@@ -11,14 +11,16 @@ from nnunet_semi.core.teacher import unwrap_network
 from nnunet_semi.core.trainer import Batch, nnUNetTrainerSemi
 
 
-def cross_pseudo_supervision_loss(logits_a: torch.Tensor, logits_b: torch.Tensor, regions: bool = False) -> torch.Tensor:
+def cross_pseudo_supervision_loss(logits_a: torch.Tensor, logits_b: torch.Tensor,
+                                  regions: bool = False) -> torch.Tensor:
     """CE(p_a, argmax p_b) + CE(p_b, argmax p_a), voxel means (CPS eq. 2-3). logits (B, C, *spatial). For
     region-based datasets (sigmoid outputs) the hard pseudo-labels are p > 0.5 and the loss is binary CE."""
     logits_a, logits_b = logits_a.float(), logits_b.float()
     if regions:
         return (F.binary_cross_entropy_with_logits(logits_a, (logits_b.detach() > 0).float())
                 + F.binary_cross_entropy_with_logits(logits_b, (logits_a.detach() > 0).float()))
-    return F.cross_entropy(logits_a, logits_b.detach().argmax(1)) + F.cross_entropy(logits_b, logits_a.detach().argmax(1))
+    return (F.cross_entropy(logits_a, logits_b.detach().argmax(1))
+            + F.cross_entropy(logits_b, logits_a.detach().argmax(1)))
 
 
 class nnUNetTrainerCPS(nnUNetTrainerSemi):
