@@ -160,6 +160,8 @@ def test_other_architectures_are_named_in_the_error():
 
     with pytest.raises(UserError, match="NotAUNet has decoder Identity"):
         SCDLNetwork(NotAUNet(), 3)
+    with pytest.raises(UserError, match="token_stage = 3 is not a stage of this encoder"):
+        SCDLNetwork(_tiny_unet(), 3, token_stage=3)
 
 
 def test_cross_pseudo_supervision_hand_value():

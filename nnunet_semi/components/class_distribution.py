@@ -162,6 +162,9 @@ class SCDLNetwork(PlannedNetworkWrapper):
         require_unet_decoder(planned)
         super().__init__(planned)
         conv_op, channels = planned.encoder.conv_op, planned.encoder.output_channels
+        if not -len(channels) <= token_stage < len(channels):
+            raise UserError(f"token_stage = {token_stage} is not a stage of this encoder ({len(channels)} stages: "
+                            f"use 0..{len(channels) - 1} or -1..-{len(channels)}).")
         self.token_stage = token_stage
         self.prior_samples = prior_samples
         self.embedder = TokenEmbedder(conv_op, channels[token_stage], token_dim, token_grid)
