@@ -101,11 +101,12 @@ def test_distribution_weighted_prior_eq5_hand_value():
 
 def test_centre_similarity_prior_eq6_and_sampling_prior_eq7():
     torch.testing.assert_close(centre_similarity_prior(TOKENS, MEANS), torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))
-    torch.testing.assert_close(sampling_prior(TOKENS, None, 50), torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))
-    tiny = sampling_prior(TOKENS, torch.full((2,), 1e-4), 50)
-    torch.testing.assert_close(tiny, torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), atol=1e-3, rtol=0)
-    scale = torch.full((2,), 0.5, requires_grad=True)
-    sampling_prior(TOKENS, scale, 50).sum().backward()
+    # token 0 = (1, 0), scale 1, two draws eps = (0, 1) and (0, -1): mean of (1, 1)/sqrt2 and (1, -1)/sqrt2
+    eps = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]], [[[0.0, -1.0], [0.0, 0.0]]]])  # (S=2, 1, L=2, D=2)
+    scale = torch.ones(2, requires_grad=True)
+    prior = sampling_prior(TOKENS, scale, eps)
+    torch.testing.assert_close(prior, torch.tensor([[[1 / math.sqrt(2), 0.0], [0.0, 1.0]]]))
+    prior.sum().backward()
     assert scale.grad.abs().sum() > 0  # the noise scale is learnable
 
 
@@ -127,6 +128,7 @@ def test_priors_are_deterministic_in_eval_and_sampled_in_training():
     x = torch.randn(2, 1, 16, 16)
     network.eval()
     assert torch.equal(network(x), network(x))
+    torch.testing.assert_close(network(x[:1]), network(x)[:1])  # the same draw whatever the batch
     network.train()
     assert not torch.equal(network(x), network(x))
 

@@ -26,6 +26,7 @@ from nnunet_semi.core.network import PlannedNetworkWrapper
 from nnunet_semi.errors import UserError
 
 INITIAL_PROXY_STD = 0.1  # sigma_c at initialisation, relative to unit-variance random means
+EVAL_DRAW_SEED = 0  # the fixed draw of the priors in eval mode
 
 
 def cosine_matrix(tokens: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -74,13 +75,10 @@ def centre_similarity_prior(tokens: torch.Tensor, means: torch.Tensor) -> torch.
     return cosine_matrix(tokens, means)
 
 
-def sampling_prior(tokens: torch.Tensor, noise_scale: torch.Tensor | None, num_samples: int) -> torch.Tensor:
-    """Eq. 7: mean of S normalised perturbed tokens z + s * eps (learnable per-channel scale s); ``noise_scale``
-    None (eval) uses the noise-free token, so inference is deterministic. tokens (B, L, D) -> (B, L, D)."""
-    if noise_scale is None:
-        return F.normalize(tokens.float(), dim=-1)
-    noise = torch.randn((num_samples, *tokens.shape), device=tokens.device) * noise_scale.float()
-    return F.normalize(tokens.float() + noise, dim=-1).mean(0)
+def sampling_prior(tokens: torch.Tensor, noise_scale: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: mean over the S draws of the normalised perturbed tokens z + s * eps (learnable per-channel scale s).
+    tokens (B, L, D), noise_scale (D,), eps (S, B or 1, L, D) standard normal -> (B, L, D)."""
+    return F.normalize(tokens.float() + eps * noise_scale.float(), dim=-1).mean(0)
 
 
 class ClassProxies(nn.Module):
@@ -91,11 +89,8 @@ class ClassProxies(nn.Module):
         self.means = nn.Parameter(torch.randn(num_classes, dim))
         self.log_stds = nn.Parameter(torch.full((num_classes, dim), math.log(INITIAL_PROXY_STD)))
 
-    def draws(self, num_samples: int, random: bool) -> torch.Tensor:
-        """(C, S, D) draws u_cs = mu_c + sigma_c * eps; ``random`` False gives the means (C, 1, D)."""
-        if not random:
-            return self.means[:, None]
-        eps = torch.randn((self.means.shape[0], num_samples, self.means.shape[1]), device=self.means.device)
+    def draws(self, eps: torch.Tensor) -> torch.Tensor:
+        """(C, S, D) draws u_cs = mu_c + sigma_c * eps_cs from (C, S, D) standard normal ``eps``."""
         return self.means[:, None] + self.log_stds.exp()[:, None] * eps
 
 
@@ -153,8 +148,10 @@ class SCDLNetwork(PlannedNetworkWrapper):
 
     Tokens come from an encoder stage (``token_stage``, default the deepest): the priors are injected into the
     decoder, so they cannot come from it, and SAC runs the shared encoder only. In training mode the priors use
-    random draws; in eval mode (nnU-Net's validation, the EMA teacher, ``nnUNetv2_predict``) every draw is replaced by
-    its mean (proxy means, noise-free tokens), so the same input always gives the same output.
+    fresh random draws for every sample; in eval mode (nnU-Net's validation, the EMA teacher, ``nnUNetv2_predict``)
+    one fixed draw (seed ``EVAL_DRAW_SEED``, shared by all samples of a batch), so the same input always gives the
+    same output, whatever its batch, and the decoder sees priors from the distribution it was trained with (the
+    draws' means would give priors it never saw: e.g. eq. 7's average of noisy unit vectors is shorter than 1).
     """
 
     def __init__(self, planned: nn.Module, num_classes: int, token_dim: int = 256, token_grid: int = 12,
@@ -184,12 +181,22 @@ class SCDLNetwork(PlannedNetworkWrapper):
 
     def priors(self, tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
         """(B, L, D) tokens -> (B, 2D + C, *grid) prior maps: eq. 5, eq. 6, eq. 7 concatenated."""
-        draws = self.proxies.draws(self.prior_samples, random=self.training)
-        noise_scale = self.log_noise_scale.exp() if self.training else None
-        priors = torch.cat((distribution_weighted_prior(tokens, draws),
+        proxy_eps, token_eps = self.standard_normal_draws(tokens)
+        priors = torch.cat((distribution_weighted_prior(tokens, self.proxies.draws(proxy_eps)),
                             centre_similarity_prior(tokens, self.proxies.means),
-                            sampling_prior(tokens, noise_scale, self.prior_samples)), dim=-1)
+                            sampling_prior(tokens, self.log_noise_scale.exp(), token_eps)), dim=-1)
         return priors.transpose(1, 2).unflatten(2, grid).to(tokens.dtype)
+
+    def standard_normal_draws(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """eps for the proxy draws (C, S, D) and the token draws (S, B, L, D): random in training, a fixed draw
+        shared by the batch (S, 1, L, D) in eval mode."""
+        num_classes, dim = self.proxies.means.shape
+        batch, num_tokens, _ = tokens.shape
+        generator = None if self.training else torch.Generator(tokens.device).manual_seed(EVAL_DRAW_SEED)
+        proxy_eps = torch.randn((num_classes, self.prior_samples, dim), device=tokens.device, generator=generator)
+        token_eps = torch.randn((self.prior_samples, batch if self.training else 1, num_tokens, dim),
+                                device=tokens.device, generator=generator)
+        return proxy_eps, token_eps
 
     def decode(self, skips: list[torch.Tensor], priors: torch.Tensor):
         """UNetDecoder.forward of dynamic_network_architectures with each stage's prior added to its output."""

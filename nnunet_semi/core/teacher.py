@@ -26,8 +26,8 @@ class EMATeacher:
     The decay is warmed up as a_k = min(1 - 1 / (k + 1), a) for the k-th update, as in the Mean Teacher code, so the
     teacher does not remember the random initialisation. Buffers (e.g. BatchNorm statistics) are copied from the
     student. Under DDP every rank holds identical student weights after each step, so every rank's teacher is
-    identical without communication. Frozen parts (:class:`~nnunet_semi.core.frozen.FrozenPart`) and every other
-    parameter that does not train are shared with the student, never copied or averaged.
+    identical without communication. Frozen parts (:class:`~nnunet_semi.core.frozen.FrozenPart`) are shared with the
+    student, never copied or averaged; other parameters that do not train are copied once and never averaged.
     """
 
     def __init__(self, student: nn.Module, decay: float):

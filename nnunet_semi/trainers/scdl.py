@@ -43,8 +43,11 @@ class SCDLPlugin:
     * ``use_priors``: inject the priors into the decoder (variant ``_noPriors``: no priors, network as planned plus
       the token head and proxies, which then only serve the losses).
     * ``cdba_weight`` (E2P + P2E; ``_noCDBA``: 0), ``sac_weight`` (``_noSAC``: 0).
-    * ``sac_max_classes``: encoder passes per step for SAC (one per class present in the labeled batch); None uses
-      every present class, k uses a random subset of k present classes per step.
+    * ``sac_max_classes``: encoder passes per step and network for SAC (one per class present in this GPU's labeled
+      batch; over CPS for each of the two networks); None uses every present class, k a random subset of k.
+      SAC's passes run in train mode; with nnU-Net's InstanceNorm plans that changes nothing, but plans with
+      BatchNorm would update its running statistics with masked images and, under DDP (SyncBatchNorm), run a
+      different number of synchronised passes per GPU: use InstanceNorm plans or ``sac_weight = 0`` there.
 
     Dataset notes: with a single foreground class SCDL still runs (two proxies: background and foreground), but it
     has no tail classes to debias. Region-based datasets run with one proxy per region; SAC is skipped there, as
