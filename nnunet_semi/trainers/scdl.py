@@ -84,7 +84,6 @@ class SCDLPlugin:
 
     def initialize(self):
         super().initialize()
-        self.step_tokens: list[tuple[SCDLNetwork, torch.Tensor]] = []
         if self.label_manager.has_regions and self.sac_weight > 0:
             self.print_to_log_file("SCDL: region-based labels, SAC is skipped (regions have no single class per "
                                    "voxel); CDBA and the priors are used.")
@@ -95,11 +94,13 @@ class SCDLPlugin:
         return outputs
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        self.step_tokens = []
-        terms = super().compute_train_losses(labeled, unlabeled)
-        e2p, p2e, sac = self.scdl_losses(labeled)
+        self.step_tokens: list[tuple[SCDLNetwork, torch.Tensor]] = []  # filled by training_forward
+        try:
+            terms = super().compute_train_losses(labeled, unlabeled)
+            e2p, p2e, sac = self.scdl_losses(labeled)
+        finally:
+            self.step_tokens = []  # no tokens (or their graphs) outlive the step, also after an error
         terms["loss"] = terms["loss"] + self.cdba_weight * (e2p + p2e) + self.sac_weight * sac
-        self.step_tokens = []
         return {**terms, "loss_e2p": e2p, "loss_p2e": p2e, "loss_sac": sac}
 
     def scdl_losses(self, labeled: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
