@@ -153,7 +153,7 @@ def test_trainers_are_discovered_without_a_list_and_core_does_not_import_them():
 def test_use_mask_for_norm_with_unlabeled_cases_is_refused():
     trainer = object.__new__(nnUNetTrainerSemi)
     trainer.__dict__.update(
-        configuration="3d_fullres", configuration_manager=SimpleNamespace(use_mask_for_norm=[False, True]),
+        configuration_name="3d_fullres", configuration_manager=SimpleNamespace(use_mask_for_norm=[False, True]),
         unlabeled_keys=["case_9"], preprocessed_dataset_folder_base="/pre/Dataset101",
         plans_manager=SimpleNamespace(plans_name="nnUNetPlans"))
     with pytest.raises(UserError, match=r"use_mask_for_norm for channel\(s\) \[1\].*nnUNetPlans.json"):

@@ -202,7 +202,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         channels = [c for c, masked in enumerate(self.configuration_manager.use_mask_for_norm) if masked]
         if channels and self.unlabeled_keys:
             raise UserError(
-                f"The plans of configuration '{self.configuration}' set use_mask_for_norm for channel(s) {channels} "
+                f"The plans of configuration '{self.configuration_name}' set use_mask_for_norm for channel(s) {channels} "
                 f"(nnU-Net does this for images with a zero background, e.g. skull-stripped MRI). Unlabeled cases "
                 f"carry no nonzero mask, so they would be normalised differently from labeled ones. Set "
                 f"\"use_mask_for_norm\" to false for every channel of this configuration in "
