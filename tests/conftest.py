@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -16,3 +18,17 @@ def nnunet_folders(tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_def_n_proc", os.environ.get("nnUNet_def_n_proc", "2"))
     monkeypatch.setenv("nnUNet_n_proc_DA", os.environ.get("nnUNet_n_proc_DA", "2"))
     return folders
+
+
+@pytest.fixture(scope="session")
+def tiny_kl_folder(tmp_path_factory) -> Path:
+    """A randomly initialised two-level diffusers AutoencoderKL (factor 2, 4 latent channels) saved as a model
+    folder: the stand-in for the Stable-Diffusion VAE in tests."""
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+                        norm_num_groups=4, sample_size=16)
+    folder = tmp_path_factory.mktemp("vae") / "tiny_kl"
+    vae.save_pretrained(folder)
+    return folder

@@ -337,6 +337,41 @@ def test_2d_sra_seg_both_phases_and_predicts(toy_2d):
     assert len(list(predictions.glob("*.png"))) == len(list(images.glob("*.png")))
 
 
+def test_2d_semigda_trains_both_stages_resumes_and_predicts_identically(toy_2d, tiny_kl_folder, monkeypatch):
+    """SemiGDA with a tiny random AutoencoderKL as the frozen Stable-Diffusion VAE: the latent-only stage, then every
+    term; resumes with --c; the VAE stays out of the checkpoint, and stock nnUNetv2_predict (which rebuilds it from
+    nnUNet_semi_sd_vae) reproduces the trainer's own validation, the two branches averaged."""
+    monkeypatch.setitem(toy_2d.env, "nnUNet_semi_sd_vae", str(tiny_kl_folder))
+    trainer, dataset = "nnUNetTrainerSemiGDA_3epochs_4its", "Dataset502_ToySemi6"
+    fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
+    interrupted = _kill_after_first_checkpoint(toy_2d, 502, "2d", trainer, fold_dir)
+    assert interrupted["current_epoch"] < 3
+
+    toy_2d.train(502, "2d", trainer, "--c", "--npz")
+    final = toy_2d.checkpoint(dataset, trainer, "2d")
+    assert final["current_epoch"] == 3 and final["semi_state"]["global_step"] == 12
+    terms = ("loss_latent_sup", "loss_latent_unsup", "loss_seg_sup", "loss_seg_unsup", "segmentation_stage")
+    _assert_terms_logged(final, terms, 3)
+    assert final["logging"]["segmentation_stage"] == [0.75, 1.0, 1.0]  # round(0.1 * 12) = 1 latent-only step
+    assert all(np.isfinite(final["logging"][t][-1]) and final["logging"][t][-1] > 0 for t in terms)
+    weights = final["network_weights"]
+    assert not any(k.startswith("vae.") for k in weights) and any(k.startswith("mapper.") for k in weights)
+    log = max(fold_dir.glob("training_log_*.txt"), key=os.path.getmtime).read_text()
+    assert f"SemiGDA VAE: sd:{tiny_kl_folder}" in log
+    _assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)
+
+
+def test_semigda_refuses_3d_and_a_missing_vae_before_training(toy_3d, toy_2d):
+    command = ["nnUNetv2_train", "512", "3d_fullres", "0", "-tr", "nnUNetTrainerSemiGDA_TAESD", "-device", "cpu"]
+    shown = subprocess.run(command, env=toy_3d.env, capture_output=True, text=True)
+    assert shown.returncode != 0 and "works on 2D images only: train configuration '2d'" in shown.stderr
+    env = {k: v for k, v in toy_2d.env.items() if k != "nnUNet_semi_sd_vae"}
+    command = ["nnUNetv2_train", "502", "2d", "0", "-tr", "nnUNetTrainerSemiGDA", "-device", "cpu"]
+    shown = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert shown.returncode != 0 and "nnUNet_semi_sd_vae is not set" in shown.stderr
+    assert not toy_2d.fold_dir("Dataset502_ToySemi6", "nnUNetTrainerSemiGDA", "2d").exists()
+
+
 def test_3d_fullres_scdl_over_mean_teacher_and_sra_seg_train_and_predict(toy_3d):
     dataset = "Dataset512_Toy3DSemi3"
     # SCDL runs Mean Teacher's whole step plus its own terms

@@ -9,6 +9,11 @@ from torch import nn
 DICE_REDUCTIONS = ("batch", "sample")
 
 
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, 1, *spatial) integer labels -> (B, C, *spatial) float one-hot."""
+    return F.one_hot(labels[:, 0].long(), num_classes).movedim(-1, 1).float()
+
+
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "batch",
                    smooth: float = 1e-5) -> torch.Tensor:
     """Soft Dice loss of logits (B, C, *spatial) against a soft target of the same shape, P = softmax(logits),

@@ -43,7 +43,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunet_semi.components.feature_extractors import EXTRACTORS, FrozenFeatureExtractor, load_feature_extractor
 from nnunet_semi.components.mixing import blend, soft_box_mask
 from nnunet_semi.components.pseudo_labels import filtered_hard_pseudo_labels
-from nnunet_semi.components.soft_losses import DICE_REDUCTIONS, SoftDiceCELoss, soft_targets_for_outputs
+from nnunet_semi.components.soft_losses import DICE_REDUCTIONS, SoftDiceCELoss, one_hot, soft_targets_for_outputs
 from nnunet_semi.core.teacher import unwrap_network
 from nnunet_semi.core.trainer import Batch, full_resolution, nnUNetTrainerSemi, split_batch_outputs
 
@@ -74,11 +74,6 @@ def similarity_alignment_loss(synthetic_features: torch.Tensor, real_features: t
     synthetic = F.normalize(synthetic_features.float(), dim=1)
     real = F.normalize(real_features.float(), dim=1).detach()
     return (synthetic - real[nearest]).norm(dim=1).mean()
-
-
-def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, 1, *spatial) integer labels -> (B, C, *spatial) float one-hot."""
-    return F.one_hot(labels[:, 0].long(), num_classes).movedim(-1, 1).float()
 
 
 class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
