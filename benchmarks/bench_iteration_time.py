@@ -4,7 +4,9 @@ For each trainer, the real nnU-Net trainer is built from the dataset's plans (sa
 vanilla trains on the labeled-only twin, the others on the semi-supervised dataset), its data loaders are started
 exactly as in nnUNetv2_train, and ``train_step`` is timed over a number of iterations after a warm-up. Time spent
 waiting for the labeled and the unlabeled loaders is measured separately, so a loader that starves the device
-shows up as a wait fraction.
+shows up as a wait fraction. Each trainer runs in its own process, so that its peak memory can be measured: the
+peak resident memory of the training process on CPU (data-loader workers excluded), the peak allocated GPU memory
+on CUDA.
 
     python benchmarks/bench_iteration_time.py                      # self-contained: toy 2D data at 128x128
     python benchmarks/bench_iteration_time.py --dataset 101 -c 2d  # a semi dataset made by make-semi + plan
@@ -18,6 +20,8 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -89,7 +93,24 @@ def time_trainer(trainer_name: str, dataset: str, configuration: str, device: to
             loader._finish()
     return {"trainer": trainer_name, "dataset": dataset, "batch_size": trainer.batch_size,
             "unlabeled_batch_size": getattr(trainer, "unlabeled_batch_size", 0),
-            "seconds_per_iteration": seconds, "data_wait_fraction": waited / seconds}
+            "seconds_per_iteration": seconds, "data_wait_fraction": waited / seconds,
+            "peak_memory_mb": _peak_memory_mb(device)}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def time_in_own_process(trainer_name: str, dataset: str, args: argparse.Namespace, workdir: Path) -> dict:
+    """:func:`time_trainer` in a fresh Python process (this script with ``--single``), so peak memory is its own."""
+    row_file = workdir / f"{trainer_name}.json"
+    command = [sys.executable, __file__, "--single", trainer_name, dataset, str(row_file), "-c", args.configuration,
+               "-p", args.plans, "--iterations", str(args.iterations), "--warmup", str(args.warmup),
+               "--device", args.device]
+    subprocess.run(command, check=True, env=os.environ.copy())
+    return json.loads(row_file.read_text())
 
 
 def _synchronize(device: torch.device) -> None:
@@ -108,12 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--toy-size", type=int, default=128, help="image size of the toy dataset")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default="benchmarks/results/iteration_time.json")
+    parser.add_argument("--single", nargs=3, metavar=("TRAINER", "DATASET", "ROW_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     register_ext_trainers()
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())  # as nnUNetv2_train -device cpu does
+    if args.single:  # one trainer, in the process started by time_in_own_process
+        trainer, dataset, row_file = args.single
+        row = time_trainer(trainer, dataset, args.configuration, device, args.iterations, args.warmup, args.plans)
+        Path(row_file).write_text(json.dumps(row))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         semi = args.dataset or _toy_semi_dataset(Path(tmp), args.toy_size, num_cases=80)
         os.environ["nnUNet_results"] = str(Path(tmp) / "benchmark_results")  # never write into real results
@@ -121,19 +148,23 @@ def main(argv: list[str] | None = None) -> int:
         from nnunet_semi.planners.raw import resolve_dataset
         semi = resolve_dataset(semi)
         twin, _ = related_datasets(semi)
-        rows = [time_trainer(VANILLA, twin, args.configuration, device, args.iterations, args.warmup, args.plans)]
-        rows += [time_trainer(t, semi, args.configuration, device, args.iterations, args.warmup, args.plans)
-                 for t in args.trainers]
-    vanilla = rows[0]["seconds_per_iteration"]
+        rows = [time_in_own_process(VANILLA, twin, args, Path(tmp))]
+        rows += [time_in_own_process(t, semi, args, Path(tmp)) for t in args.trainers]
+    vanilla, vanilla_memory = rows[0]["seconds_per_iteration"], rows[0]["peak_memory_mb"]
     print(f"\nTraining iteration time on {args.device} ({args.configuration}, {args.iterations} iterations after "
           f"{args.warmup} warm-up, torch {torch.__version__}):")
-    print(f"| {'trainer':<28} | labeled batch | unlabeled batch | s / iteration | vs vanilla | waiting for data |")
-    print("|" + "-" * 30 + "|---------------|-----------------|---------------|------------|------------------|")
+    memory = "peak GPU memory" if args.device.startswith("cuda") else "peak RSS"
+    print(f"| {'trainer':<28} | labeled batch | unlabeled batch | s / iteration | vs vanilla | waiting for data "
+          f"| {memory} (MiB) | vs vanilla |")
+    print("|" + "-" * 30 + "|---------------|-----------------|---------------|------------|------------------|"
+          + "-" * (len(memory) + 9) + "|------------|")
     for row in rows:
         row["ratio_to_vanilla"] = row["seconds_per_iteration"] / vanilla
+        row["memory_ratio_to_vanilla"] = row["peak_memory_mb"] / vanilla_memory
         print(f"| {row['trainer']:<28} | {row['batch_size']:>13} | {row['unlabeled_batch_size']:>15} | "
               f"{row['seconds_per_iteration']:>13.3f} | {row['ratio_to_vanilla']:>9.2f}x | "
-              f"{100 * row['data_wait_fraction']:>15.1f}% |")
+              f"{100 * row['data_wait_fraction']:>15.1f}% | {row['peak_memory_mb']:>{len(memory) + 6}.0f} | "
+              f"{row['memory_ratio_to_vanilla']:>9.2f}x |")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"device": args.device, "configuration": args.configuration, "rows": rows},

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_semi.core.frozen import FrozenPart, frozen_parts, trainable_parameters
+from nnunet_semi.core.frozen import FrozenPart, frozen_parts, keep_frozen_parts_out_of_ddp, trainable_parameters
 from nnunet_semi.core.teacher import EMATeacher
 from nnunet_semi.core.trainer import ScaledPolyLRScheduler, mean_over_workers, nnUNetTrainerSemi
 from nnunet_semi.errors import UserError
@@ -65,6 +65,22 @@ def test_ema_teacher_shares_frozen_parts_and_averages_the_rest(in_checkpoint):
     torch.testing.assert_close(teacher.module.head.weight, 0.5 * old + 0.5 * student.head.weight)
     after = [t for t in student.branch.state_dict(keep_vars=True).values()] + list(student.branch.buffers())
     assert all(torch.equal(a, b) for a, b in zip(frozen_before, after))
+
+
+def test_ddp_neither_broadcasts_nor_reduces_frozen_parts(tmp_path):
+    """Frozen parts are identical on every rank: DDP must not broadcast them before every forward pass."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        network = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), FrozenPart(nn.BatchNorm2d(2), "vae"))
+        keep_frozen_parts_out_of_ddp(network)
+        wrapped = DistributedDataParallel(network)
+        frozen = {id(t) for t in network[2].buffers()}
+        synced = {id(t) for t in wrapped.modules_buffers}
+        assert synced and not synced & frozen  # the trainable BatchNorm's statistics are still broadcast
+    finally:
+        dist.destroy_process_group()
 
 
 def test_scaled_poly_schedule_gives_extra_modules_their_multiple():

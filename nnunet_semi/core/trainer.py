@@ -20,7 +20,7 @@ from torch import autocast, nn
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from nnunet_semi.core.frozen import trainable_parameters
+from nnunet_semi.core.frozen import keep_frozen_parts_out_of_ddp, trainable_parameters
 from nnunet_semi.core.hyperparameters import ClassHyperparameters
 from nnunet_semi.core.logging import SemiLocalLogger
 from nnunet_semi.core.rampup import RAMPUPS
@@ -75,6 +75,7 @@ class ScaledPolyLRScheduler(PolyLRScheduler):
 def wrap_for_ddp(module: nn.Module, device: torch.device, local_rank: int) -> nn.Module:
     """What nnU-Net does to its network under DDP (SyncBatchNorm, then DistributedDataParallel); on CPU (gloo, our
     tests) without SyncBatchNorm, which DDP supports on GPUs only."""
+    keep_frozen_parts_out_of_ddp(module)
     if device.type != "cuda":
         return DistributedDataParallel(module)
     return DistributedDataParallel(torch.nn.SyncBatchNorm.convert_sync_batchnorm(module), device_ids=[local_rank])
@@ -269,6 +270,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         """nnU-Net's optimiser and poly schedule over the trainable parameters of the network and the extra
         modules (nnU-Net calls this once, after building and compiling the network and before wrapping it in DDP)."""
         self.load_pretrained_parts(unwrap_network(self.network))
+        keep_frozen_parts_out_of_ddp(self.network)  # nnU-Net wraps the network in DDP after this
         self.extra_modules = self._build_extra_modules()
         optimizer, _ = super().configure_optimizers()
         network_group = optimizer.param_groups[0]
