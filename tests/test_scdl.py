@@ -10,6 +10,7 @@ from torch import nn
 
 from nnunet_semi.components.class_distribution import (
     SCDLNetwork,
+    bidirectional_alignment_losses,
     centre_similarity_prior,
     class_assignment,
     cosine_matrix,
@@ -55,6 +56,11 @@ def test_p2e_eq4_hand_value():
     # class 0: mean over tokens of (2P - 1) cos = ((2 P_same - 1) * 1 + (2 (1 - P_same) - 1) * 0) / 2
     margin = (2 * P_SAME - 1) / 2
     assert proxy_to_embedding_loss(TOKENS, MEANS).item() == pytest.approx(math.exp(-margin))
+
+
+def test_bidirectional_alignment_losses_equal_eq3_and_eq4():
+    assert torch.allclose(torch.stack(bidirectional_alignment_losses(TOKENS, MEANS)),
+                          torch.stack((embedding_to_proxy_loss(TOKENS, MEANS), proxy_to_embedding_loss(TOKENS, MEANS))))
 
 
 @pytest.mark.parametrize("loss", [embedding_to_proxy_loss, proxy_to_embedding_loss])

@@ -39,17 +39,32 @@ def class_assignment(similarity: torch.Tensor) -> torch.Tensor:
     return similarity.softmax(dim=-1)
 
 
+def _e2p(similarity: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    return (assignment * (1 - similarity)).sum(-1).mean()
+
+
+def _p2e(similarity: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    margin = ((2 * assignment - 1) * similarity).flatten(0, -2).mean(0)  # (C,)
+    return torch.exp(-margin).mean()
+
+
 def embedding_to_proxy_loss(tokens: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     """E2P (eq. 3): sum_c P(c|z) (1 - cos(z, mu_c)), averaged over the B x L tokens. tokens (B, L, D), means (C, D)."""
     similarity = cosine_matrix(tokens, means)
-    return (class_assignment(similarity) * (1 - similarity)).sum(-1).mean()
+    return _e2p(similarity, class_assignment(similarity))
 
 
 def proxy_to_embedding_loss(tokens: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     """P2E (eq. 4): (1/C) sum_c exp(-(E+_c - E-_c)), E+_c - E-_c = mean over tokens of (2 P(c|z) - 1) cos(z, mu_c)."""
     similarity = cosine_matrix(tokens, means)
-    margin = ((2 * class_assignment(similarity) - 1) * similarity).flatten(0, -2).mean(0)  # (C,)
-    return torch.exp(-margin).mean()
+    return _p2e(similarity, class_assignment(similarity))
+
+
+def bidirectional_alignment_losses(tokens: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E2P, P2E) (eq. 3, 4) from one cosine matrix and one assignment, as a training step needs both."""
+    similarity = cosine_matrix(tokens, means)
+    assignment = class_assignment(similarity)
+    return _e2p(similarity, assignment), _p2e(similarity, assignment)
 
 
 def semantic_anchor_loss(means: torch.Tensor, anchors: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

@@ -192,8 +192,8 @@ class SemiGDANetwork(nn.Module):
     @torch.no_grad()
     def mask_latent_target(self, labels: torch.Tensor) -> torch.Tensor:
         """z_g = E(G') for label maps (B, 1, H, W) (eq. 11, then the frozen encoder, eq. 1), no gradient."""
-        padded, _ = self._pad(labels.float())
-        return self.frozen_vae.encode(labels_to_image(padded.long(), self.num_classes))
+        padded, _ = self._pad(labels)
+        return self.frozen_vae.encode(labels_to_image(padded, self.num_classes))
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         factor = self.frozen_vae.factor

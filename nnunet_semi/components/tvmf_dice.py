@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_semi.components.soft_losses import one_hot
+
 
 def tvmf_similarity(cosine: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
     """phi = (1 + cos) / (1 + kappa (1 - cos)) - 1, elementwise (the t-vMF similarity)."""
@@ -59,14 +61,11 @@ class TvMFDiceLoss(nn.Module):
                 loss_mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()
         probabilities = torch.sigmoid(logits) if self.regions else torch.softmax(logits, 1)
-        if target.shape == logits.shape:
-            one_hot = target.float()
-        else:
-            one_hot = F.one_hot(target[:, 0].long(), logits.shape[1]).movedim(-1, 1).float()
+        reference = target.float() if target.shape == logits.shape else one_hot(target, logits.shape[1])
         if loss_mask is not None:
-            probabilities, one_hot = probabilities * loss_mask, one_hot * loss_mask
+            probabilities, reference = probabilities * loss_mask, reference * loss_mask
         first = self.first_scored
-        return tvmf_dice_loss(probabilities[:, first:], one_hot[:, first:], self.kappa)
+        return tvmf_dice_loss(probabilities[:, first:], reference[:, first:], self.kappa)
 
     def set_kappa_from_dice(self, dice_per_class, scale: float) -> None:
         """kappa_c = scale * Dice_c (adaptive t-vMF; a NaN Dice, a class absent from validation, gives 0)."""

@@ -160,9 +160,5 @@ class FrozenVAE(nn.Module):
                 h = adapt(levels[index], h)
         return self._decoder_head(h)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Reconstruction: decode(encode(images))."""
-        return self.decode(self.encode(images))
-
     def extra_repr(self) -> str:
         return f"name={self.name!r}, factor={self.factor}, latent_channels={self.latent_channels}"

@@ -305,7 +305,12 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def set_deep_supervision_enabled(self, enabled: bool):
-        unwrap_network(self.network).decoder.deep_supervision = enabled
+        """nnU-Net's switch, applied to the network and to every extra module that is a segmentation network with a
+        deep-supervision decoder (e.g. CPS's second network); networks without one (SemiGDA's) are left alone."""
+        for module in (self.network, *self.extra_modules.values()):
+            decoder = getattr(unwrap_network(module), "decoder", None)
+            if hasattr(decoder, "deep_supervision"):
+                decoder.deep_supervision = enabled
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_semi.core.teacher import unwrap_network
 from nnunet_semi.core.trainer import Batch, nnUNetTrainerSemi
 
 
@@ -58,11 +57,6 @@ class nnUNetTrainerCPS(nnUNetTrainerSemi):
     def second_network(self) -> nn.Module:
         """The second network as trained (DDP-wrapped under DDP)."""
         return self.extra_modules["second"]
-
-    def set_deep_supervision_enabled(self, enabled: bool):
-        super().set_deep_supervision_enabled(enabled)
-        if "second" in self.extra_modules:
-            unwrap_network(self.second_network).decoder.deep_supervision = enabled
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         x_l, x_u = labeled["data"], unlabeled[0]

@@ -19,8 +19,7 @@ from torch import nn
 
 from nnunet_semi.components.class_distribution import (
     SCDLNetwork,
-    embedding_to_proxy_loss,
-    proxy_to_embedding_loss,
+    bidirectional_alignment_losses,
     semantic_anchor_loss,
     semantic_anchors,
 )
@@ -107,9 +106,8 @@ class SCDLPlugin:
         """(E2P, P2E, SAC), each summed over the networks trained in this step."""
         e2p = p2e = sac = torch.zeros((), device=self.device)
         for network, tokens in self.step_tokens:
-            means = network.proxies.means
-            e2p = e2p + embedding_to_proxy_loss(tokens, means)  # eq. 3
-            p2e = p2e + proxy_to_embedding_loss(tokens, means)  # eq. 4
+            network_e2p, network_p2e = bidirectional_alignment_losses(tokens, network.proxies.means)  # eq. 3-4
+            e2p, p2e = e2p + network_e2p, p2e + network_p2e
             if self.sac_weight > 0 and not self.label_manager.has_regions:
                 sac = sac + self.semantic_anchor_loss(network, labeled)
         return e2p, p2e, sac

@@ -128,9 +128,6 @@ class nnUNetTrainerSemiGDA(nnUNetTrainerSemi):
                             f"{self.plans_manager.dataset_name} contain ignore voxels.")
         self.print_to_log_file(f"SemiGDA VAE: {unwrap_network(self.network).frozen_vae.name}")
 
-    def set_deep_supervision_enabled(self, enabled: bool):
-        """No U-Net decoder, no deep supervision: nothing to switch."""
-
     @property
     def in_segmentation_stage(self) -> bool:
         """False during the latent-only first stage, True afterwards."""
