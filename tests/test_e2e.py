@@ -192,19 +192,23 @@ def _assert_terms_logged(checkpoint: dict, terms: tuple[str, ...], epochs: int) 
         assert len(checkpoint["logging"][term]) == epochs, term
 
 
-def _kill_after_first_checkpoint(workspace: Workspace, dataset_id: int, configuration: str, trainer: str,
-                                 fold_dir: Path) -> dict:
-    """Start a training, kill it (with nnU-Net's augmentation workers) once its first checkpoint exists (written
-    atomically, so always complete) and return that checkpoint."""
+def _kill_after_checkpoint(workspace: Workspace, dataset_id: int, configuration: str, trainer: str,
+                           fold_dir: Path, epochs_done: int = 1) -> dict:
+    """Start a training, kill it (with nnU-Net's augmentation workers) once its checkpoint_latest (written
+    atomically, so always complete) holds at least ``epochs_done`` epochs, and return that checkpoint."""
     process = subprocess.Popen(["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", trainer, "-device",
                                 "cpu"], env=workspace.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
+    latest = fold_dir / "checkpoint_latest.pth"
     try:
-        _wait_for(fold_dir / "checkpoint_latest.pth", process)
+        _wait_for(latest, process)
+        while torch.load(latest, map_location="cpu", weights_only=False)["current_epoch"] < epochs_done:
+            assert process.poll() is None, f"training ended before {epochs_done} epochs were checkpointed"
+            time.sleep(0.2)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    return torch.load(fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    return torch.load(latest, map_location="cpu", weights_only=False)
 
 
 def _assert_stock_prediction_matches_validation(workspace: Workspace, dataset: str, dataset_id: int,
@@ -231,7 +235,7 @@ def _assert_stock_prediction_matches_validation(workspace: Workspace, dataset: s
 def test_2d_mean_teacher_trains_resumes_and_predicts(toy_2d):
     trainer, dataset = "nnUNetTrainerMeanTeacher_resumable", "Dataset502_ToySemi6"
     fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
-    interrupted = _kill_after_first_checkpoint(toy_2d, 502, "2d", trainer, fold_dir)
+    interrupted = _kill_after_checkpoint(toy_2d, 502, "2d", trainer, fold_dir)
     assert interrupted["current_epoch"] < 4 and not (fold_dir / "checkpoint_final.pth").exists()
     assert interrupted["semi_state"]["global_step"] == 3 * interrupted["current_epoch"]
 
@@ -303,7 +307,7 @@ def test_2d_scdl_cps_trains_both_networks_resumes_and_predicts_identically(toy_2
     and stock nnUNetv2_predict reproduces the trainer's own validation (priors applied, deterministic in eval)."""
     trainer, dataset = "nnUNetTrainerSCDL_CPS_3epochs_2its", "Dataset502_ToySemi6"
     fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
-    interrupted = _kill_after_first_checkpoint(toy_2d, 502, "2d", trainer, fold_dir)
+    interrupted = _kill_after_checkpoint(toy_2d, 502, "2d", trainer, fold_dir)
     assert interrupted["current_epoch"] < 3
     second = interrupted["semi_state"]["extra_modules"]["second"]
     assert set(second) == set(interrupted["network_weights"]) and "proxies.means" in second
@@ -344,7 +348,7 @@ def test_2d_semigda_trains_both_stages_resumes_and_predicts_identically(toy_2d, 
     monkeypatch.setitem(toy_2d.env, "nnUNet_semi_sd_vae", str(tiny_kl_folder))
     trainer, dataset = "nnUNetTrainerSemiGDA_3epochs_4its", "Dataset502_ToySemi6"
     fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
-    interrupted = _kill_after_first_checkpoint(toy_2d, 502, "2d", trainer, fold_dir)
+    interrupted = _kill_after_checkpoint(toy_2d, 502, "2d", trainer, fold_dir)
     assert interrupted["current_epoch"] < 3
 
     toy_2d.train(502, "2d", trainer, "--c", "--npz")
@@ -358,6 +362,28 @@ def test_2d_semigda_trains_both_stages_resumes_and_predicts_identically(toy_2d, 
     assert not any(k.startswith("vae.") for k in weights) and any(k.startswith("mapper.") for k in weights)
     log = max(fold_dir.glob("training_log_*.txt"), key=os.path.getmtime).read_text()
     assert f"SemiGDA VAE: sd:{tiny_kl_folder}" in log
+    _assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)
+
+
+def test_2d_ssgnet_rounds_resume_mid_round_and_predict_identically(toy_2d):
+    """Stock nnUNetv2_train runs SSGNet's two pseudo-label rounds (with the adaptive t-vMF Dice loss); killed in round
+    1 it resumes with round 1's stored pseudo-labels, and stock nnUNetv2_predict predicts what its final validation
+    predicted."""
+    trainer, dataset = "nnUNetTrainerSSGNet_tvMFDice_6epochs_3its", "Dataset502_ToySemi6"
+    fold_dir = toy_2d.fold_dir(dataset, trainer, "2d")
+    rounds = fold_dir / "pseudo_labels"
+    interrupted = _kill_after_checkpoint(toy_2d, 502, "2d", trainer, fold_dir, epochs_done=3)  # rounds: [0, 2, 4]
+    assert interrupted["current_epoch"] in (3, 4)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (rounds / "round_1").glob("*.pkl")}
+    assert len(stamps) == 13  # every unlabeled training case of the toy dataset
+
+    toy_2d.train(502, "2d", trainer, "--c", "--npz")
+    assert {p.name: p.stat().st_mtime_ns for p in (rounds / "round_1").glob("*.pkl")} == stamps  # not predicted again
+    assert {p.name for p in (rounds / "round_2").glob("*.pkl")} == set(stamps)
+    final = toy_2d.checkpoint(dataset, trainer, "2d")
+    assert final["logging"]["pseudo_label_round"] == [0, 0, 1, 1, 2, 2]
+    log = max(fold_dir.glob("training_log_*.txt"), key=os.path.getmtime).read_text()
+    assert "Round 2: training on 4 labeled and 13 of 13 pseudo-labeled cases" in log and "t-vMF kappa" in log
     _assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)
 
 

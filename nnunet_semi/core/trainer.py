@@ -117,6 +117,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     * ``exported_network``: ``'student'`` (default) or ``'teacher'``: the network written as ``network_weights``,
       validated every epoch (pseudo Dice, ``checkpoint_best``) and in nnU-Net's final validation, so the numbers
       nnU-Net prints belong to the network ``nnUNetv2_predict`` uses. The other network is kept in ``semi_state``.
+    * ``uses_unlabeled_batches = False``: no unlabeled loader; the method uses the unlabeled cases in its own way
+      (SSGNet's pseudo-label rounds add them to nnU-Net's training dataset, see :meth:`get_tr_and_val_datasets`).
     * :meth:`validate_hyperparameters` checks class attributes at construction.
 
     Checkpoints keep nnU-Net's layout plus ``semi_state`` (step counter, teacher, extra modules, which network was
@@ -130,6 +132,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     exported_network: str = "student"
     extra_module_lr_scale: dict[str, float] = {}
     train_terms: tuple[str, ...] = ()
+    uses_unlabeled_batches: bool = True
     save_every = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -230,6 +233,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     def get_dataloaders(self):
         dataloader_train, dataloader_val = super().get_dataloaders()
+        if not self.uses_unlabeled_batches:
+            return dataloader_train, dataloader_val
         self.dataloader_unlabeled = self._build_unlabeled_dataloader()
         self.print_to_log_file(f"Unlabeled cases: {len(self.unlabeled_keys)}, unlabeled batch size "
                                f"{self.unlabeled_batch_size}, views per crop {self.unlabeled_views}")
@@ -421,7 +426,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         labeled = {"data": batch["data"].to(self.device, non_blocking=True),
                    "target": [t.to(self.device, non_blocking=True) for t in batch["target"]]
                    if isinstance(batch["target"], list) else batch["target"].to(self.device, non_blocking=True)}
-        unlabeled = self.next_unlabeled_views() if self.global_step >= self.unlabeled_start_step else ()
+        unlabeled = self.next_unlabeled_views() if self.uses_unlabeled_batches and \
+            self.global_step >= self.unlabeled_start_step else ()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             terms = self.compute_train_losses(labeled, unlabeled)
