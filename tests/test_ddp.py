@@ -177,3 +177,31 @@ def test_scdl_proxies_and_anchors_under_ddp(tmp_path):
         assert results[rank]["gradients_averaged"] and results[rank]["anchors_identical"]
         assert results[rank]["present"] == [True, True]
     assert results[0]["local_classes"] == [0]  # rank 0 has no class 1 but got its anchor
+
+
+def _pseudo_label_worker(rank: int, world_size: int, init_file: str, folder: str, results) -> None:
+    import numpy as np
+
+    from nnunet_semi.components.pseudo_label_rounds import PseudoLabelStore, write_missing_pseudo_labels
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    store = PseudoLabelStore(folder)
+    keys = [f"case{i}" for i in range(7)]
+    made = write_missing_pseudo_labels(store, keys, lambda key: (np.full((1, 2, 2), rank, np.uint8), {}, 1.0))
+    results[rank] = {"made": made, "missing_after": store.missing(keys)}
+    dist.destroy_process_group()
+
+
+def test_pseudo_label_prediction_is_split_over_ranks_and_complete_on_all(tmp_path):
+    """A round boundary under DDP: each rank makes a disjoint share of the missing pseudo-labels (one made before a
+    kill is not made again) and every rank returns only once all exist."""
+    import numpy as np
+
+    from nnunet_semi.components.pseudo_label_rounds import PseudoLabelStore
+    PseudoLabelStore(tmp_path / "round_1").write("case3", np.zeros((1, 2, 2), np.uint8), {}, 1.0)
+    results = mp.Manager().dict()
+    mp.spawn(_pseudo_label_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "round_1"), results), nprocs=2,
+             join=True)
+    made = [results[rank]["made"] for rank in range(2)]
+    assert not set(made[0]) & set(made[1])
+    assert sorted(made[0] + made[1]) == [f"case{i}" for i in range(7) if i != 3]
+    assert results[0]["missing_after"] == results[1]["missing_after"] == []

@@ -50,6 +50,14 @@ def test_train_synthesize_and_fid_commands(nnunet_folders, tmp_path, capsys, mon
     # balance: 2 real images without polyp, 4 with; 6 more make both classes 6
     assert classes.count("no_foreground") == 4 and classes.count("polyp") == 2
     assert json.loads((new / "dataset.json").read_text())["numTraining"] == 14
+    # SSGNet's strategy in place, counting the synthetic images already there: level 4 x 2 = 8 per class
+    assert main(["synthesize", "12", "--generators", str(gans), "--strategy", "balance+100%", "--device", "cpu"]) == 0
+    classes = [v["class"] for v in json.loads((new / "synthesis_manifest.json").read_text())["images"].values()]
+    assert classes.count("no_foreground") == 6 and classes.count("polyp") == 4
+    capsys.readouterr()
+    assert main(["synthesize", "12", "--generators", str(gans), "--strategy", "balance+100%", "--device", "cpu"]) == 0
+    assert "nothing to synthesise" in capsys.readouterr().out
+    assert json.loads((new / "dataset.json").read_text())["numTraining"] == 18
     if not HAS_FID_WEIGHTS:
         pytest.skip("no FID Inception weights")
     written = json.loads(report.read_text())
@@ -58,8 +66,8 @@ def test_train_synthesize_and_fid_commands(nnunet_folders, tmp_path, capsys, mon
     assert main(["fid", "11", "12", "-o", str(tmp_path / "fid.json"), "--max-images", "3", "--device", "cpu"]) == 0
     again = json.loads((tmp_path / "fid.json").read_text())
     assert again["per_class"]["polyp"] == {"fid": again["per_class"]["polyp"]["fid"], "num_real": 3,
-                                           "num_synthetic": 2}
-    assert again["num_real"] == 5 and again["num_synthetic"] == 5
+                                           "num_synthetic": 3}
+    assert again["num_real"] == 5 and again["num_synthetic"] == 6
     assert Image.open(tmp_path / "fid.png").size[0] > 0
 
 

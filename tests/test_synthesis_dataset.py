@@ -26,7 +26,13 @@ from nnunet_semi.synthesis.data import (
 )
 from nnunet_semi.synthesis.generators import KIND_OURS, ClassGenerator
 from nnunet_semi.synthesis.networks import Generator, GeneratorConfig
-from nnunet_semi.synthesis.synthesize import balanced_counts, counts_per_class, proportional_counts, synthesize
+from nnunet_semi.synthesis.synthesize import (
+    balanced_counts,
+    counts_per_class,
+    proportional_counts,
+    synthesize,
+    synthetic_counts,
+)
 from nnunet_semi.synthesis.writer import MANIFEST_NAME, InPlaceTarget, NewDatasetTarget
 
 PNG_NAME = "Dataset011_Polyps"
@@ -179,6 +185,24 @@ def test_class_counts():
         counts_per_class(real, 7, "10", "keep")
     with pytest.raises(UserError, match="--total"):
         counts_per_class(real, None, "lots", "keep")
+
+
+def test_ssgnet_strategies_count_synthetic_images_already_there():
+    real, existing = {"benign": 300, "malignant": 100}, {"malignant": 50}
+    def strategy(name):
+        return counts_per_class(real, None, None, "keep", name, existing)
+    assert strategy("balance") == {"benign": 0, "malignant": 150}        # up to M = 300
+    assert strategy("balance+20%") == {"benign": 60, "malignant": 210}   # up to 360
+    assert strategy("balance+50%") == {"benign": 150, "malignant": 300}  # up to 450
+    assert counts_per_class(real, None, None, "keep", "balance", {"malignant": 250}) == {"benign": 0, "malignant": 0}
+    assert counts_per_class(real, None, "100", "balance", None, existing) == {"benign": 0, "malignant": 100}
+    with pytest.raises(UserError, match="exactly one"):
+        counts_per_class(real, 5, None, "keep", "balance")
+    with pytest.raises(UserError, match="--strategy"):
+        strategy("balanced+20")
+    manifest = {"images": {"synth_a_000000": {"class": "a"}, "synth_a_000001": {"class": "a"},
+                           "synth_b_000000": {"class": "b"}}}
+    assert synthetic_counts(manifest) == {"a": 2, "b": 1}
 
 
 # --- writing ---------------------------------------------------------------------------------------------------

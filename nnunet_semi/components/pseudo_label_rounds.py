@@ -3,6 +3,7 @@ unlabeled cases stored in the trainer's output folder, and a dataset that trains
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from torch import distributed as dist
+from tqdm import tqdm
 
 from nnunet_semi.core.trainer import ScaledPolyLRScheduler
 from nnunet_semi.files import write_atomic
@@ -108,6 +111,24 @@ def pseudo_label(logits: torch.Tensor, label_manager: LabelManager, voxel_thresh
         segmentation[certainty < voxel_threshold] = label_manager.ignore_label
     dtype = np.uint8 if int(segmentation.max()) <= 127 else np.int16  # nnU-Net's seg dtypes
     return segmentation.astype(dtype)[None], float(certainty.mean())
+
+
+def write_missing_pseudo_labels(store: PseudoLabelStore, keys: list[str],
+                                make: Callable[[str], tuple[np.ndarray, dict, float]]) -> list[str]:
+    """Write the pseudo-label ``make(key)`` (segmentation, class locations, mean confidence) of every key without
+    one. Under DDP each rank makes every world_size-th of them and all ranks return once every key has one (the
+    missing keys are listed after a first barrier, so all ranks split the same list). Returns the keys this rank
+    made."""
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if distributed:
+        dist.barrier()
+    mine = store.missing(keys)[rank::world_size]
+    for key in tqdm(mine, desc="pseudo-labels", unit="case", disable=rank != 0):
+        store.write(key, *make(key))
+    if distributed:
+        dist.barrier()
+    return mine
 
 
 class PseudoLabeledDataset(nnUNetBaseDataset):

@@ -22,9 +22,9 @@ from nnunet_semi.synthesis.fid_report import (
 )
 from nnunet_semi.synthesis.generators import load_generators
 from nnunet_semi.synthesis.networks import DiscriminatorConfig, GeneratorConfig
-from nnunet_semi.synthesis.synthesize import counts_per_class, synthesize
+from nnunet_semi.synthesis.synthesize import counts_per_class, synthesize, synthetic_counts
 from nnunet_semi.synthesis.training import TrainConfig, latest_checkpoint, load_checkpoint, train_gan
-from nnunet_semi.synthesis.writer import MANIFEST_NAME, InPlaceTarget, NewDatasetTarget
+from nnunet_semi.synthesis.writer import MANIFEST_NAME, InPlaceTarget, NewDatasetTarget, read_synthesis_manifest
 
 
 def resolve_device(device: str, gpus: int) -> str:
@@ -141,10 +141,14 @@ def run_synthesize(args: argparse.Namespace) -> int:
     generators = load_generators(Path(args.generators) if args.generators else None, args.generator or [], name,
                                  Path(args.stylegan_repo) if args.stylegan_repo else None, args.truncation)
     real_counts = {g.class_name: len(g.spec.real_images) for g in generators}
-    counts = counts_per_class(real_counts, args.per_class, args.total, args.proportions)
+    existing = synthetic_counts(read_synthesis_manifest(raw.raw_root() / name))
+    counts = counts_per_class(real_counts, args.per_class, args.total, args.proportions, args.strategy, existing)
     for g in generators:
         print(f"class '{g.class_name}': {counts[g.class_name]} images from {g.source} "
-              f"({real_counts[g.class_name]} real images)")
+              f"({real_counts[g.class_name]} real, {existing.get(g.class_name, 0)} synthetic already)")
+    if not any(counts.values()):
+        print("Every class already has the images asked for: nothing to synthesise.")
+        return 0
     target = NewDatasetTarget(name, args.new_id, args.new_name) if args.new_id is not None else InPlaceTarget(name)
     keep = args.fid_max_images if args.fid_report else 0
     result = synthesize(target, generators, counts, args.seed, device, args.batch, keep, " ".join(sys.argv))
@@ -188,7 +192,11 @@ def add_synthesize_parser(subparsers) -> None:
     p.add_argument("--per-class", type=int, help="images per class")
     p.add_argument("--total", help="images in total: a number, or P%% of the real images (e.g. 20%%)")
     p.add_argument("--proportions", default="keep",
-                   help="how --total is split: 'keep' (real class proportions, default) or 'balance'")
+                   help="how --total is split: 'keep' (real class proportions, default) or 'balance' (smallest "
+                        "classes first, counting synthetic images already in the dataset)")
+    p.add_argument("--strategy", help="SSGNet's class-balanced settings: 'balance' (every class up to the majority "
+                                      "class's real count, counting synthetic images already there), "
+                                      "'balance+20%%', 'balance+50%%' (that level plus 20%% / 50%% of it)")
     p.add_argument("--new-id", type=int, help="create a new dataset with this id: a copy of DATASET plus the images")
     p.add_argument("--new-name", help="name of the new dataset (Dataset<id>_<name>)")
     p.add_argument("--seed", type=int, default=None,

@@ -1,16 +1,21 @@
 """How many images per class, and the generation loop that streams them into a :mod:`writer` target.
 
-Counts (``synthesize``): ``--per-class N`` gives every class N images. ``--total T`` (a number, or ``P%`` of the
-number of real images of the generators' classes, e.g. SSGNet's +20% / +50%) is split by ``--proportions``:
+Counts (``synthesize``), with synthetic images of each class already in the dataset counted where balance matters:
 
-* ``keep``: proportional to the real images per class (largest remainder rounding);
-* ``balance``: fills up the smallest classes first, so that real + synthetic counts become as equal as possible
-  (SSGNet's "balance" setting); classes already above the level get none.
+* ``--per-class N`` gives every class N images.
+* ``--strategy`` is one of SSGNet's class-balanced settings: ``balance`` fills every class up to the majority
+  class's number of real images M; ``balance+P%`` up to M (1 + P / 100), i.e. the balanced level plus P % of it for
+  every class (SSGNet's ``balance+20%`` and ``balance+50%``). Rerunning it adds nothing once the level is reached.
+* ``--total T`` (a number, or ``P%`` of the number of real images of the generators' classes) is split by
+  ``--proportions``: ``keep`` (proportional to the real images per class, largest remainder rounding) or
+  ``balance`` (fills up the smallest classes first, so that real + synthetic counts become as equal as possible;
+  classes already above the level get none).
 """
 from __future__ import annotations
 
 import datetime
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,6 +29,7 @@ from nnunet_semi.synthesis.generators import ClassGenerator
 from nnunet_semi.synthesis.writer import CaseFileWriter, InPlaceTarget, NewDatasetTarget, next_case_index
 
 PROPORTIONS = ("keep", "balance")
+STRATEGY = re.compile(r"balance(?:\+(?P<extra>\d+(?:\.\d+)?)%)?")
 
 
 def parse_total(total: str, num_real: int) -> int:
@@ -59,10 +65,25 @@ def balanced_counts(real_counts: dict[str, int], total: int) -> dict[str, int]:
     return counts
 
 
-def counts_per_class(real_counts: dict[str, int], per_class: int | None, total: str | None,
-                     proportions: str) -> dict[str, int]:
-    if (per_class is None) == (total is None):
-        raise UserError("Give exactly one of --per-class N and --total N|P%.")
+def strategy_counts(real_counts: dict[str, int], existing: dict[str, int], strategy: str) -> dict[str, int]:
+    """SSGNet's ``balance`` / ``balance+P%``: the images each class needs to reach the majority class's real count
+    M (times 1 + P / 100), given its real and already synthesised images."""
+    match = STRATEGY.fullmatch(strategy.strip())
+    if match is None:
+        raise UserError(f"--strategy {strategy}: choose 'balance' or 'balance+P%' (e.g. balance+20%, balance+50%).")
+    level = round(max(real_counts.values()) * (1 + float(match["extra"] or 0) / 100))
+    return {c: max(0, level - n - existing.get(c, 0)) for c, n in real_counts.items()}
+
+
+def counts_per_class(real_counts: dict[str, int], per_class: int | None, total: str | None, proportions: str,
+                     strategy: str | None = None, existing: dict[str, int] | None = None) -> dict[str, int]:
+    """Images to synthesise per class from exactly one of ``per_class``, ``total`` (+ ``proportions``) and
+    ``strategy``; ``existing`` counts the synthetic images of each class already in the dataset."""
+    existing = existing or {}
+    if sum(option is not None for option in (per_class, total, strategy)) != 1:
+        raise UserError("Give exactly one of --per-class N, --total N|P% and --strategy balance|balance+P%.")
+    if strategy is not None:
+        return strategy_counts(real_counts, existing, strategy)
     if per_class is not None:
         if per_class < 1:
             raise UserError(f"--per-class {per_class}: must be at least 1.")
@@ -70,7 +91,17 @@ def counts_per_class(real_counts: dict[str, int], per_class: int | None, total: 
     if proportions not in PROPORTIONS:
         raise UserError(f"--proportions {proportions}: choose {' or '.join(PROPORTIONS)}.")
     n = parse_total(total, sum(real_counts.values()))
-    return proportional_counts(real_counts, n) if proportions == "keep" else balanced_counts(real_counts, n)
+    if proportions == "keep":
+        return proportional_counts(real_counts, n)
+    return balanced_counts({c: k + existing.get(c, 0) for c, k in real_counts.items()}, n)
+
+
+def synthetic_counts(manifest: dict) -> dict[str, int]:
+    """Synthetic images per class recorded in a synthesis manifest."""
+    counts: dict[str, int] = {}
+    for entry in manifest["images"].values():
+        counts[entry["class"]] = counts.get(entry["class"], 0) + 1
+    return counts
 
 
 @dataclass

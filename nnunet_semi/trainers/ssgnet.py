@@ -13,8 +13,6 @@ import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from torch import distributed as dist
-from tqdm import tqdm
 
 from nnunet_semi.components.pseudo_label_rounds import (
     PSEUDO_LABEL_FILTERS,
@@ -25,6 +23,7 @@ from nnunet_semi.components.pseudo_label_rounds import (
     pseudo_label,
     round_of_epoch,
     round_start_epochs,
+    write_missing_pseudo_labels,
 )
 from nnunet_semi.core.teacher import unwrap_network
 from nnunet_semi.core.trainer import Batch, nnUNetTrainerSemi
@@ -140,26 +139,25 @@ class nnUNetTrainerSSGNet(nnUNetTrainerSemi):
 
     @torch.inference_mode()
     def _predict_pseudo_labels(self, store: PseudoLabelStore) -> None:
-        """Predict this rank's share of the cases without a pseudo-label; all ranks wait until every case has one."""
-        keys = store.missing(self.unlabeled_keys)
-        if self.is_ddp:
-            keys = keys[self.local_rank::dist.get_world_size()]
-        self.print_to_log_file(f"Predicting pseudo-labels of {len(keys)} cases into {store.folder}")
+        """Predict the cases without a pseudo-label (under DDP, each rank a share)."""
+        self.print_to_log_file(f"Predicting the pseudo-labels of {len(store.missing(self.unlabeled_keys))} cases "
+                               f"into {store.folder}")
         network = unwrap_network(self.network)  # DDP's buffer broadcast would wait for ranks with fewer cases
         self.set_deep_supervision_enabled(False)
         network.eval()
         predictor = self._pseudo_label_predictor(network)
-        dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, self.unlabeled_keys)
         threshold = self.pseudo_label_confidence if self.pseudo_label_filter == "voxel" else None
-        for key in tqdm(keys, desc="pseudo-labels", unit="case", disable=self.local_rank != 0):
+
+        def make(key: str) -> tuple[np.ndarray, dict, float]:
             data = torch.from_numpy(np.array(dataset.load_case(key)[0][:]))
-            logits = predictor.predict_sliding_window_return_logits(data)
-            segmentation, mean_confidence = pseudo_label(logits, self.label_manager, threshold)
-            store.write(key, segmentation, foreground_locations(segmentation, self.label_manager), mean_confidence)
+            segmentation, mean_confidence = pseudo_label(predictor.predict_sliding_window_return_logits(data),
+                                                         self.label_manager, threshold)
+            return segmentation, foreground_locations(segmentation, self.label_manager), mean_confidence
+
+        write_missing_pseudo_labels(store, self.unlabeled_keys, make)
         self.set_deep_supervision_enabled(self.enable_deep_supervision)
         network.train()
-        if self.is_ddp:
-            dist.barrier()
 
     def _pseudo_label_predictor(self, network: torch.nn.Module) -> nnUNetPredictor:
         """nnU-Net's predictor as its final validation sets it up, around ``network``."""
