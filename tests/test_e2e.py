@@ -416,28 +416,22 @@ def test_3d_fullres_scdl_over_mean_teacher_and_sra_seg_train_and_predict(toy_3d)
 def test_benchmark_trains_evaluates_and_reports(toy_2d):
     output = toy_2d.root / "benchmark"
     # the upper-bound row (one more training) is covered by tests/test_benchmark_rows.py and the report tests
-    # nnUNetTrainer_tvMFDice: a vanilla trainer with the adaptive t-vMF Dice loss (unlabeled cases are all-ignore
-    # for it, so its loss runs with nnU-Net's ignore mask); its test set is predicted by stock nnUNetv2_predict
-    command = _cli("benchmark", "502", "-tr", "nnUNetTrainerMeanTeacher", "nnUNetTrainer_tvMFDice", "-f", "0",
-                   "--budget", "1x2", "-o", str(output), "--no-upper-bound")
+    command = _cli("benchmark", "502", "-tr", "nnUNetTrainerMeanTeacher", "-f", "0", "--budget", "1x2", "-o",
+                   str(output), "--no-upper-bound")
     shown = subprocess.run(command, env=toy_2d.env, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr[-3000:]
     # progress on the console: which run trains, and its epochs
-    assert "[2/3] nnUNetTrainerMeanTeacher_1epochs_2its on Dataset502_ToySemi6 fold 0" in shown.stderr
+    assert "[2/2] nnUNetTrainerMeanTeacher_1epochs_2its on Dataset502_ToySemi6 fold 0" in shown.stderr
     assert "1/1" in shown.stderr
     report = json.loads((output / "report.json").read_text())
     markdown = (output / "report.md").read_text()
-    for row in ("nnU-Net (labeled only)", "nnUNetTrainerMeanTeacher", "nnUNetTrainer_tvMFDice"):
+    for row in ("nnU-Net (labeled only)", "nnUNetTrainerMeanTeacher"):
         assert row in markdown
     assert "1 epochs x 2 it" in markdown and (output / "dice_per_method.png").is_file()
-    assert "## Test set" in markdown and len(list(output.glob("test_predictions/*/*/fold_0/*.png"))) == 3 * 5
+    assert "## Test set" in markdown and len(list(output.glob("test_predictions/*/*/fold_0/*.png"))) == 2 * 5
     assert toy_2d.fold_dir("Dataset503_ToySemi6Labeled", "nnUNetTrainer_1epochs_2its", "2d").is_dir()
     assert [(m["name"], m["role"]) for m in report["methods"]] == [
-        ("nnU-Net (labeled only)", "reference"), ("nnUNetTrainerMeanTeacher", "method"),
-        ("nnUNetTrainer_tvMFDice", "method")]
-    tvmf_log = next(toy_2d.fold_dir("Dataset502_ToySemi6", "nnUNetTrainer_tvMFDice_1epochs_2its", "2d").glob(
-        "training_log_*.txt")).read_text()
-    assert "t-vMF kappa per class: [" in tvmf_log
+        ("nnU-Net (labeled only)", "reference"), ("nnUNetTrainerMeanTeacher", "method")]
     assert all(set(m["test"]) == {"0"} and set(m["cv"]) == {"0"} for m in report["methods"])
 
     # everything is there now: --no-train only evaluates; a missing training is an error and keeps the report
