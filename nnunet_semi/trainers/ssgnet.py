@@ -67,6 +67,8 @@ class nnUNetTrainerSSGNet(nnUNetTrainerSemi):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.require("pseudo_label_rounds", self.num_epochs >= self.pseudo_label_rounds + 1,
+                     f"at most num_epochs - 1 = {self.num_epochs - 1} (every round needs an epoch)")
         self.round_starts = round_start_epochs(self.num_epochs, self.pseudo_label_rounds)
         self.active_round = 0
 
@@ -74,8 +76,6 @@ class nnUNetTrainerSSGNet(nnUNetTrainerSemi):
         super().validate_hyperparameters()
         self.require("pseudo_label_rounds", isinstance(self.pseudo_label_rounds, int) and self.pseudo_label_rounds >= 0,
                      "an integer >= 0")
-        self.require("num_epochs", self.num_epochs >= self.pseudo_label_rounds + 1,
-                     f"at least pseudo_label_rounds + 1 = {self.pseudo_label_rounds + 1} (one epoch per round)")
         self.require("pseudo_label_filter", self.pseudo_label_filter in PSEUDO_LABEL_FILTERS,
                      f"one of {PSEUDO_LABEL_FILTERS}")
         self.require("pseudo_label_confidence", 0 <= self.pseudo_label_confidence <= 1, "in [0, 1]")
