@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -60,6 +61,15 @@ def mean_over_workers(values) -> float:
     values = np.asarray(values, dtype=np.float64)
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else float("nan")
+
+
+def finish_loaders(*loaders) -> None:
+    """Stop the background workers of nnU-Net data loaders (as nnU-Net's ``on_train_end`` does, quietly); loaders
+    without workers are left alone."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        for loader in loaders:
+            if isinstance(loader, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
+                loader._finish()
 
 
 class ScaledPolyLRScheduler(PolyLRScheduler):
@@ -486,9 +496,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     def on_train_end(self):
         super().on_train_end()
-        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.dataloader_unlabeled._finish()
+        finish_loaders(self.dataloader_unlabeled)
 
     # ------------------------------------------------------------------ checkpoints
     def semi_state_dict(self) -> dict:

@@ -3,15 +3,11 @@ over unlabeled (e.g. GAN-synthesised) cases inside one ``nnUNetv2_train`` comman
 t-vMF Dice loss. The rounds' parts: :mod:`nnunet_semi.components.pseudo_label_rounds`."""
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_semi.components.pseudo_label_rounds import (
@@ -26,7 +22,7 @@ from nnunet_semi.components.pseudo_label_rounds import (
     write_missing_pseudo_labels,
 )
 from nnunet_semi.core.teacher import unwrap_network
-from nnunet_semi.core.trainer import Batch, nnUNetTrainerSemi
+from nnunet_semi.core.trainer import Batch, finish_loaders, nnUNetTrainerSemi
 from nnunet_semi.errors import UserError
 from nnunet_semi.trainers.tvmf import nnUNetTrainer_tvMFDice
 
@@ -140,7 +136,7 @@ class nnUNetTrainerSSGNet(nnUNetTrainerSemi):
     @torch.inference_mode()
     def _predict_pseudo_labels(self, store: PseudoLabelStore) -> None:
         """Predict the cases without a pseudo-label (under DDP, each rank a share)."""
-        self.print_to_log_file(f"Predicting the pseudo-labels of {len(store.missing(self.unlabeled_keys))} cases "
+        self.print_to_log_file(f"Predicting the missing pseudo-labels of {len(self.unlabeled_keys)} unlabeled cases "
                                f"into {store.folder}")
         network = unwrap_network(self.network)  # DDP's buffer broadcast would wait for ranks with fewer cases
         self.set_deep_supervision_enabled(False)
@@ -169,10 +165,7 @@ class nnUNetTrainerSSGNet(nnUNetTrainerSemi):
         return predictor
 
     def _rebuild_dataloaders(self) -> None:
-        with contextlib.redirect_stdout(io.StringIO()):
-            for loader in (self.dataloader_train, self.dataloader_val):
-                if isinstance(loader, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
-                    loader._finish()
+        finish_loaders(self.dataloader_train, self.dataloader_val)
         self.dataloader_train, self.dataloader_val = self.get_dataloaders()
 
     # ------------------------------------------------------------------ training

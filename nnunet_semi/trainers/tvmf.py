@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
 
 from nnunet_semi.components.tvmf_dice import TvMFDiceLoss
 from nnunet_semi.core.hyperparameters import ClassHyperparameters
+
+
+def dice_and_ce(loss: nn.Module) -> nn.Module:
+    """nnU-Net's compound Dice + CE loss, inside its deep-supervision wrapper or not."""
+    return loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
 
 
 class nnUNetTrainer_tvMFDice(ClassHyperparameters, nnUNetTrainer):
@@ -32,14 +38,13 @@ class nnUNetTrainer_tvMFDice(ClassHyperparameters, nnUNetTrainer):
 
     def _build_loss(self):
         loss = super()._build_loss()
-        combined = loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
-        combined.dc = TvMFDiceLoss(self.label_manager.num_segmentation_heads, self.label_manager.has_regions,
-                                   self.tvmf_initial_kappa).to(self.device)
+        dice_and_ce(loss).dc = TvMFDiceLoss(self.label_manager.num_segmentation_heads, self.label_manager.has_regions,
+                                            self.tvmf_initial_kappa).to(self.device)
         return loss
 
     @property
     def tvmf_loss(self) -> TvMFDiceLoss:
-        return (self.loss.loss if isinstance(self.loss, DeepSupervisionWrapper) else self.loss).dc
+        return dice_and_ce(self.loss).dc
 
     def _adapt_kappa(self) -> None:
         logged = self.logger.get_value("dice_per_class_or_region", None)
