@@ -178,3 +178,15 @@ class nnUNetTrainerSSGNet(nnUNetTrainerSemi):
 
 class nnUNetTrainerSSGNet_tvMFDice(nnUNetTrainerSSGNet, nnUNetTrainer_tvMFDice):
     """SSGNet as published: pseudo-label rounds trained with the adaptive t-vMF Dice loss (+ CE)."""
+
+
+class nnUNetTrainerSSGNet_1round(nnUNetTrainerSSGNet):
+    """One refinement round (the rounds ablation: 0 rounds is nnU-Net on the labeled cases)."""
+
+    pseudo_label_rounds = 1
+
+
+class nnUNetTrainerSSGNet_tvMFDice_0rounds(nnUNetTrainerSSGNet_tvMFDice):
+    """The adaptive t-vMF Dice loss on the labeled cases only (round 0), for the loss ablation on a semi dataset."""
+
+    pseudo_label_rounds = 0
