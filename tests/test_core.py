@@ -19,6 +19,7 @@ from nnunet_semi.core.hyperparameters import ClassHyperparameters, budget_varian
 from nnunet_semi.core.logging import SemiLocalLogger
 from nnunet_semi.core.rampup import RAMPUPS, linear_rampup, sigmoid_rampup
 from nnunet_semi.core.teacher import EMATeacher, unwrap_network
+from nnunet_semi.core.time_limit import STOP_TRAINING_AT_VARIABLE, WallClockLimit, read_training_summary
 from nnunet_semi.core.unlabeled import UnlabeledViews, is_unlabeled_case, split_geometric_and_photometric, split_views
 from nnunet_semi.trainers import budget_variant_from_name, nnUNetTrainerMeanTeacher
 
@@ -144,3 +145,54 @@ def test_semi_logger_logs_terms_and_appends_panel(tmp_path):
     restored.load_checkpoint(logger.get_checkpoint())
     assert restored.get_value("loss_consistency", None) == [0.0, 0.1]
     assert restored.get_value("new_term", None) == []
+
+
+class _Loop:
+    """nnU-Net's training loop in miniature (run_training, epoch hooks, on_train_end)."""
+
+    def __init__(self, folder):
+        self.num_epochs, self.current_epoch, self.num_iterations_per_epoch = 5, 0, 2
+        self.is_ddp, self.local_rank, self.device, self.output_folder = False, 0, torch.device("cpu"), str(folder)
+        self.ended = 0
+
+    def print_to_log_file(self, *args):
+        pass
+
+    def on_train_start(self):
+        pass
+
+    def on_epoch_end(self):
+        self.current_epoch += 1
+
+    def on_train_end(self):
+        self.ended += 1
+
+    def run_training(self):
+        self.on_train_start()
+        for _ in range(self.current_epoch, self.num_epochs):
+            self.on_epoch_end()
+        self.on_train_end()
+
+
+class _LimitedLoop(WallClockLimit, _Loop):
+    pass
+
+
+@pytest.mark.parametrize("deadline, epochs, stopped", [(None, 5, False), ("1", 1, True), ("9e12", 5, False)])
+def test_wall_clock_limit_stops_after_the_epoch_past_the_deadline(tmp_path, monkeypatch, deadline, epochs, stopped):
+    if deadline is None:
+        monkeypatch.delenv(STOP_TRAINING_AT_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(STOP_TRAINING_AT_VARIABLE, deadline)
+    trainer = _LimitedLoop(tmp_path)
+    trainer.run_training()
+    assert trainer.current_epoch == epochs and trainer.ended == 1  # on_train_end once: final checkpoint, cleanup
+    summary = read_training_summary(tmp_path)
+    assert (summary["epochs_trained"], summary["epochs_planned"], summary["stopped_at_time_limit"]) == \
+        (epochs, 5, stopped)
+
+
+def test_wall_clock_limit_rejects_a_deadline_that_is_no_time(tmp_path, monkeypatch):
+    monkeypatch.setenv(STOP_TRAINING_AT_VARIABLE, "tomorrow")
+    with pytest.raises(ValueError, match=STOP_TRAINING_AT_VARIABLE):
+        _LimitedLoop(tmp_path).run_training()

@@ -13,6 +13,7 @@ import functools
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_semi.core.time_limit import WallClockLimit
 from nnunet_semi.errors import UserError
 
 # instance attributes that nnUNetTrainer.__init__ sets and a class attribute may override
@@ -55,7 +56,8 @@ def budget_variant_name(base_name: str, num_epochs: int, num_iterations_per_epoc
 
 @functools.lru_cache(maxsize=None)
 def budget_variant(base: type, num_epochs: int, num_iterations_per_epoch: int | None = None) -> type:
-    """``base`` trained for ``num_epochs`` x ``num_iterations_per_epoch`` (validation iterations scaled alike)."""
+    """``base`` trained for ``num_epochs`` x ``num_iterations_per_epoch`` (validation iterations scaled alike), with
+    :class:`~nnunet_semi.core.time_limit.WallClockLimit`'s optional deadline and ``training_summary.json``."""
     if not (isinstance(base, type) and issubclass(base, nnUNetTrainer)):
         raise TypeError(f"{base!r} is not an nnU-Net trainer class")
     if num_epochs < 1 or (num_iterations_per_epoch is not None and num_iterations_per_epoch < 1):
@@ -67,6 +69,7 @@ def budget_variant(base: type, num_epochs: int, num_iterations_per_epoch: int | 
         attributes["num_val_iterations_per_epoch"] = max(
             1, round(num_iterations_per_epoch * VALIDATION_ITERATIONS_PER_TRAINING_ITERATION))
         attributes["__doc__"] += f" x {num_iterations_per_epoch} iterations"
-    bases = (base,) if issubclass(base, ClassHyperparameters) else (ClassHyperparameters, base)
+    bases = (WallClockLimit, base) if issubclass(base, ClassHyperparameters) else \
+        (WallClockLimit, ClassHyperparameters, base)
     name = budget_variant_name(base.__name__, num_epochs, num_iterations_per_epoch)
     return type(name, bases, attributes)

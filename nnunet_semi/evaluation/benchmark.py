@@ -15,6 +15,7 @@ import io
 import json
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_t
 from tqdm import tqdm
 
 from nnunet_semi.core.hyperparameters import budget_variant_name
+from nnunet_semi.core.time_limit import STOP_TRAINING_AT_VARIABLE, read_training_summary
 from nnunet_semi.env import nnunet_environment
 from nnunet_semi.errors import UserError
 from nnunet_semi.evaluation.folders import (
@@ -126,15 +128,20 @@ def check_same_plans_and_folds(runs: list[Run], plans: str, folds: list[int]) ->
             raise UserError(f"Folds {missing} do not exist for {dataset} ({splits} defines {available} folds).")
 
 
-def is_finished(run: Run, configuration: str, plans: str, fold: int) -> bool:
+def is_finished(run: Run, configuration: str, plans: str, fold: int, time_limited: bool = False) -> bool:
+    """Final checkpoint and validation exist; a training that a time limit stopped counts only under a time limit
+    (otherwise ``--c`` continues it to the full budget)."""
     fold_folder = run.model_folder(configuration, plans) / f"fold_{fold}"
-    return (fold_folder / "checkpoint_final.pth").is_file() and (fold_folder / "validation" / "summary.json").is_file()
+    complete = (fold_folder / "checkpoint_final.pth").is_file() and \
+        (fold_folder / "validation" / "summary.json").is_file()
+    stopped_early = (read_training_summary(fold_folder) or {}).get("stopped_at_time_limit", False)
+    return complete and (time_limited or not stopped_early)
 
 
 _EPOCH_LINE = re.compile(r"Epoch (\d+)$")
 
 
-def _run_logged(command: list[str], log: Path, epochs: tqdm | None = None) -> None:
+def _run_logged(command: list[str], log: Path, epochs: tqdm | None = None, extra_environment: dict | None = None) -> None:
     """Run an nnU-Net command with its output in ``log``; ``epochs`` (a progress bar) advances with nnU-Net's
     "Epoch N" lines."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +149,7 @@ def _run_logged(command: list[str], log: Path, epochs: tqdm | None = None) -> No
         f.write(" ".join(command) + "\n")
         f.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env=nnunet_environment())
+                                   env={**nnunet_environment(), **(extra_environment or {})})
         for line in process.stdout:
             f.write(line)
             match = _EPOCH_LINE.search(line.rstrip())
@@ -155,9 +162,12 @@ def _run_logged(command: list[str], log: Path, epochs: tqdm | None = None) -> No
 
 
 def train_missing(runs: list[Run], configuration: str, plans: str, folds: list[int], device: str,
-                  logs: Path, no_train: bool, budget: TrainingBudget | None = None) -> None:
-    """Train (or resume) every fold that has no final checkpoint and validation yet."""
-    todo = [(r, f) for f in folds for r in runs if not is_finished(r, configuration, plans, f)]  # fold by fold
+                  logs: Path, no_train: bool, budget: TrainingBudget | None = None,
+                  stop_at: float | None = None) -> None:
+    """Train (or resume) every fold that has no final checkpoint and validation yet. With ``stop_at`` (unix
+    seconds), each training in turn gets an equal share of the time left as its deadline."""
+    todo = [(r, f) for f in folds for r in runs
+            if not is_finished(r, configuration, plans, f, time_limited=stop_at is not None)]  # fold by fold
     if todo and no_train:
         listing = ", ".join(f"{r.trainer} on {r.dataset} fold {f}" for r, f in todo[:6])
         raise UserError(f"--no-train given but {len(todo)} trainings are missing or unfinished: {listing}...")
@@ -165,10 +175,12 @@ def train_missing(runs: list[Run], configuration: str, plans: str, folds: list[i
         fold_folder = run.model_folder(configuration, plans) / f"fold_{fold}"
         resume = ["--c"] if any(fold_folder.glob("checkpoint_*.pth")) else []
         description = f"[{index}/{len(todo)}] {run.trainer} on {run.dataset} fold {fold}"
+        deadline = {} if stop_at is None else {
+            STOP_TRAINING_AT_VARIABLE: str(time.time() + max(0.0, stop_at - time.time()) / (len(todo) - index + 1))}
         with tqdm(total=budget.epochs if budget else None, desc=description, unit="epoch") as epochs:
             _run_logged(["nnUNetv2_train", str(convert_dataset_name_to_id(run.dataset)), configuration, str(fold),
                          "-tr", run.trainer, "-p", plans, "-device", device, *resume],
-                        logs / f"train_{run.trainer}_{run.dataset}_fold{fold}.log", epochs)
+                        logs / f"train_{run.trainer}_{run.dataset}_fold{fold}.log", epochs, deadline)
 
 
 def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, output: Path,
@@ -200,8 +212,14 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
                   output: str | Path, budget: TrainingBudget | None = None, plans: str = "nnUNetPlans",
                   device: str | None = None, mode: str = "nnunet", nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
                   use_test_set: bool = True, no_train: bool = False, title: str | None = None,
-                  with_upper_bound: bool = True, test_time_mirroring: bool = True):
-    """Train what is missing, evaluate cross-validation (and test set), write the report; returns its files."""
+                  with_upper_bound: bool = True, test_time_mirroring: bool = True,
+                  time_limit_minutes: float | None = None):
+    """Train what is missing, evaluate cross-validation (and test set), write the report; returns its files.
+    ``time_limit_minutes`` bounds the wall time of all trainings (see :func:`train_missing`)."""
+    if time_limit_minutes is not None and (budget is None or time_limit_minutes <= 0):
+        raise UserError("--time-limit needs a positive number of minutes and --budget (the budget variants are the "
+                        "trainers that stop at the limit).")
+    stop_at = None if time_limit_minutes is None else time.time() + 60 * time_limit_minutes
     semi_datasets = [resolve_dataset(d) for d in semi_datasets]
     output = Path(output)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -209,7 +227,7 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
     check_same_plans_and_folds(runs, plans, folds)
     check_trainers_and_configuration(runs, configuration, plans)
     logs = output / "logs"
-    train_missing(runs, configuration, plans, folds, device, logs, no_train, budget)
+    train_missing(runs, configuration, plans, folds, device, logs, no_train, budget, stop_at)
 
     test_sets = {semi: test_set_of(semi) for semi in semi_datasets} if use_test_set else {}
     results = []
@@ -219,7 +237,8 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
             name=run.name, role=run.role, labeled_fraction=run.labeled_fraction, budget=budget,
             cv=evaluate_cross_validation(model_folder, folds, mode=mode, nsd_tolerance_mm=nsd_tolerance_mm,
                                          name=f"{run.name} ({run.dataset})"),
-            seconds_per_iteration=seconds_per_iteration(model_folder, folds))
+            seconds_per_iteration=seconds_per_iteration(model_folder, folds),
+            training={f: s for f in folds if (s := read_training_summary(model_folder / f"fold_{f}"))})
         test_set = test_sets.get(semi_dataset_of(run))
         if test_set is not None:
             images, labels = test_set
@@ -231,7 +250,8 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
         results.append(result)
     details = {"datasets": ", ".join(semi_datasets), "configuration": configuration, "plans": plans,
                "folds": ", ".join(map(str, folds)), "device": device,
-               "training budget": str(budget) if budget else "nnU-Net's own (1000 epochs x 250 iterations)",
+               "training budget": (str(budget) if budget else "nnU-Net's own (1000 epochs x 250 iterations)")
+               + (f", time limit {time_limit_minutes:g} min for all trainings" if time_limit_minutes else ""),
                "test set": "imagesTs/labelsTs of the semi-supervised dataset, predicted by each fold's model"
                + ("" if test_time_mirroring else " without test-time mirroring")
                if test_sets and any(test_sets.values()) else "none"}
@@ -265,7 +285,7 @@ def _run(args: argparse.Namespace) -> int:
     files = run_benchmark(args.datasets, args.trainers, args.configuration, args.folds, args.output,
                           parse_budget(args.budget), args.plans, args.device, args.metrics, args.nsd_tolerance,
                           not args.no_test, args.no_train, args.title, not args.no_upper_bound,
-                          not args.disable_tta)
+                          not args.disable_tta, args.time_limit)
     print(files.markdown.read_text())
     print(f"Report: {files.markdown}, {files.csv}, {', '.join(str(p) for p in files.plots)}")
     return 0
@@ -296,5 +316,10 @@ def register(subparsers) -> None:
     parser.add_argument("--disable-tta", action="store_true",
                         help="predict the test set without nnU-Net's test-time mirroring (about 4x faster in 2d, "
                              "8x in 3d; recorded in the report)")
+    parser.add_argument("--time-limit", type=float, metavar="MINUTES",
+                        help="wall time for all trainings (with --budget): each training in turn gets an equal share "
+                             "of the time left and stops after the epoch that passes it, with nnU-Net's final "
+                             "checkpoint and validation; the report says which folds stopped early. Without "
+                             "--time-limit, a later benchmark continues such folds to the full budget")
     parser.add_argument("--title", help="title of the report (default: Benchmark: <dataset>)")
     parser.set_defaults(func=_run)

@@ -67,6 +67,7 @@ class MethodResults:
     budget: TrainingBudget | None = None  # None: nnU-Net's own schedule
     labeled_fraction: float | None = None
     role: str = "method"  # one of ROLES
+    training: Mapping[int | str, dict] = field(default_factory=dict)  # per fold: training_summary.json
 
 
 @dataclass
@@ -281,16 +282,31 @@ def _summary_table(rows: Sequence[Row], settings: ReportSettings) -> list[str]:
         "s / it": ([_number(r.method.seconds_per_iteration) for r in rows],
                    any(r.method.seconds_per_iteration for r in rows)),
         "Time vs reference": ([_times(r.time_ratio) for r in rows], any(math.isfinite(r.time_ratio) for r in rows)),
+        "Peak GPU MiB": ([_number(_peak_gpu_memory(r.method)) for r in rows],
+                         any(_peak_gpu_memory(r.method) for r in rows)),
+        "Stopped early": ([_stopped_early(r.method) for r in rows], any(_stopped_early(r.method) for r in rows)),
     }
     shown = {name: values for name, (values, show) in optional.items() if show}
     leading = [name for name in ("Labeled", "Budget") if name in shown]
-    trailing = [name for name in ("Δ Dice vs reference (95% CI)", "Gap closed", "s / it", "Time vs reference")
-                if name in shown]
+    trailing = [name for name in ("Δ Dice vs reference (95% CI)", "Gap closed", "s / it", "Time vs reference",
+                                  "Peak GPU MiB", "Stopped early") if name in shown]
     header = ["Method", *leading, "Cases", *(_metric_header(m, settings) for m in metrics), *trailing]
     body = [[r.method.name, *(shown[name][i] for name in leading), str(r.cases),
              *(_format_stat(r.summary[MEAN][m], m) for m in metrics), *(shown[name][i] for name in trailing)]
             for i, r in enumerate(rows)]
     return _markdown_table(header, body)
+
+
+def _peak_gpu_memory(method: MethodResults) -> float | None:
+    """Largest peak GPU memory over the folds' trainings (None on CPU or without training summaries)."""
+    peaks = [t["peak_gpu_memory_mib"] for t in method.training.values() if t.get("peak_gpu_memory_mib")]
+    return max(peaks) if peaks else None
+
+
+def _stopped_early(method: MethodResults) -> str:
+    """Folds that a time limit stopped, with the epochs they trained, e.g. 'fold 1: 31/40 epochs'."""
+    return ", ".join(f"fold {fold}: {t['epochs_trained']}/{t['epochs_planned']} epochs"
+                     for fold, t in method.training.items() if t.get("stopped_at_time_limit"))
 
 
 def _per_class_table(rows: Sequence[Row], metric: str, settings: ReportSettings) -> list[str]:
@@ -413,6 +429,7 @@ def render_json(methods: Sequence[MethodResults], tables: Mapping[str, Sequence[
             "budget": None if m.budget is None else {"epochs": m.budget.epochs,
                                                      "iterations_per_epoch": m.budget.iterations_per_epoch},
             "seconds_per_iteration": m.seconds_per_iteration,
+            "training": {str(fold): summary for fold, summary in m.training.items()},
             **{split: {str(fold): cases for fold, cases in getattr(m, split).items()} for split in SPLITS},
             "summary": {split: _summary_json(rows[split, id(m)]) for split in SPLITS if (split, id(m)) in rows},
         } for m in methods],
@@ -453,7 +470,8 @@ def load_report_json(path: str | Path) -> list[MethodResults]:
 
     return [MethodResults(name=m["name"], role=m["role"], labeled_fraction=m["labeled_fraction"],
                           budget=TrainingBudget(**m["budget"]) if m["budget"] else None,
-                          seconds_per_iteration=m["seconds_per_iteration"], cv=runs(m["cv"]), test=runs(m["test"]))
+                          seconds_per_iteration=m["seconds_per_iteration"], cv=runs(m["cv"]), test=runs(m["test"]),
+                          training=m.get("training", {}))
             for m in document["methods"]]
 
 

@@ -1,0 +1,93 @@
+"""A wall-clock limit for budget-variant trainings, and a summary of what each training did.
+
+``nnunet-semi benchmark --time-limit`` gives every training a deadline (unix seconds) in the environment variable
+``nnUNet_semi_stop_training_at``. A trainer that reaches it at the end of an epoch finishes the way nnU-Net finishes
+a complete training (``checkpoint_final.pth``, then nnU-Net's final validation), so the fold is usable and
+``nnUNetv2_train --c`` can later continue it to the full budget. Every budget-variant training writes
+``training_summary.json`` to its fold folder: epochs planned and trained, whether the deadline stopped it, and the
+peak memory (GPU memory allocated by torch; resident memory of the main process).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from nnunet_semi.files import write_atomic
+
+STOP_TRAINING_AT_VARIABLE = "nnUNet_semi_stop_training_at"
+SUMMARY_FILE = "training_summary.json"
+
+
+class _TimeLimitReached(Exception):
+    """Raised at an epoch's end to leave nnU-Net's training loop."""
+
+
+def stop_training_at() -> float | None:
+    """The deadline from the environment (unix seconds), or None."""
+    value = os.environ.get(STOP_TRAINING_AT_VARIABLE)
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{STOP_TRAINING_AT_VARIABLE}={value!r} is not a time in seconds since the epoch") from None
+
+
+def read_training_summary(fold_folder: str | Path) -> dict | None:
+    path = Path(fold_folder) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class WallClockLimit:
+    """Mixin for nnU-Net trainers (budget variants): stop at ``nnUNet_semi_stop_training_at`` and summarise."""
+
+    def on_train_start(self):
+        self.stop_training_at = stop_training_at()
+        self.stopped_at_time_limit = False
+        if self.stop_training_at is not None:
+            self.print_to_log_file(f"Training stops after the first epoch that ends past "
+                                   f"{time.strftime('%H:%M:%S', time.localtime(self.stop_training_at))} "
+                                   f"({STOP_TRAINING_AT_VARIABLE}).")
+        super().on_train_start()
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.current_epoch < self.num_epochs and self._deadline_passed():
+            self.stopped_at_time_limit = True
+            self.print_to_log_file(f"Time limit reached: stopping after {self.current_epoch} of {self.num_epochs} "
+                                   f"epochs.")
+            raise _TimeLimitReached
+
+    def _deadline_passed(self) -> bool:
+        """Rank 0's clock decides, so that every DDP rank leaves the loop at the same epoch."""
+        passed = torch.tensor(float(self.stop_training_at is not None and time.time() >= self.stop_training_at),
+                              device=self.device)
+        if self.is_ddp:
+            dist.broadcast(passed, src=0)
+        return bool(passed.item())
+
+    def run_training(self):
+        try:
+            super().run_training()
+        except _TimeLimitReached:
+            self.on_train_end()
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.local_rank == 0:
+            text = json.dumps(self.training_summary(), indent=2)
+            write_atomic(Path(self.output_folder) / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(text))
+
+    def training_summary(self) -> dict:
+        gpu = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if self.device.type == "cuda" else None
+        return {"epochs_planned": self.num_epochs, "epochs_trained": self.current_epoch,
+                "iterations_per_epoch": self.num_iterations_per_epoch,
+                "stopped_at_time_limit": self.stopped_at_time_limit,
+                "peak_gpu_memory_mib": gpu,
+                "peak_main_process_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

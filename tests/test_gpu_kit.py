@@ -1,0 +1,106 @@
+"""The GPU check kit (benchmarks/gpu): its wheels cover what the run imports, and its smoke mode runs here."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nnunet_semi.toy_data import write_toy_2d_folders
+
+KIT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
+
+# what run.sh imports: nnU-Net's planning, training and prediction, our CLI, trainers and benchmark
+RUN_IMPORTS = ["nnunetv2.run.run_training", "nnunetv2.inference.predict_from_raw_data",
+               "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints", "nnunet_semi.cli",
+               "nnunet_semi.trainers", "nnunet_semi.evaluation.benchmark", "nnunet_semi.planners.convert_2d",
+               "nnunet_semi.planners.make_semi", "nnunet_semi.planners.plan"]
+# imported here, but not needed on the device machine
+NOT_NEEDED = {
+    "nnunet-semi": "installed from the working tree by run.sh",
+    "imagecodecs": "an optional import of tifffile (try/except), unused for PNG",
+    # this machine's newer huggingface_hub (timm's) imports these; the device has its own huggingface_hub
+    "httpx2": "", "httpcore2": "", "h2": "", "hpack": "", "hyperframe": "", "truststore": "",
+}
+
+
+def _names(path: Path) -> set[str]:
+    words = [w for line in path.read_text().splitlines() if not line.lstrip().startswith("#") for w in line.split()]
+    return {_normalise(re.split(r"[=<>]", w)[0]) for w in words}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_wheels_and_device_packages_cover_what_the_run_imports():
+    """Every distribution that the kit's run imports is on the device or among the carried wheels; SimpleITK is
+    the stand-in (its wheel does not fit the kit)."""
+    code = f"""
+import importlib, importlib.metadata as md, json, sys
+for name in {RUN_IMPORTS!r}:
+    importlib.import_module(name)
+from nnunet_semi.components.feature_extractors import load_efficientnet_lite0
+load_efficientnet_lite0()
+owners = md.packages_distributions()
+top = [n for n in list(sys.modules) if "." not in n and n not in sys.stdlib_module_names and n != "SimpleITK"]
+print(json.dumps({{"distributions": sorted({{d for n in top for d in owners.get(n, [])}}),
+                  "simpleitk": sys.modules["SimpleITK"].__file__}}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(KIT / "simpleitk_stub")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(imported["simpleitk"]).is_relative_to(KIT / "simpleitk_stub")
+    available = _names(KIT / "device_packages.txt") | _names(KIT / "wheels.txt") | set(NOT_NEEDED)
+    missing = sorted(d for d in imported["distributions"] if _normalise(d) not in available)
+    assert not missing, f"add these to benchmarks/gpu/wheels.txt: {missing}"
+
+
+def test_simpleitk_stand_in_names_what_is_missing():
+    env = {**os.environ, "PYTHONPATH": str(KIT / "simpleitk_stub")}
+    result = subprocess.run([sys.executable, "-c", "import SimpleITK; SimpleITK.ReadImage('x.nii.gz')"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode != 0 and "SimpleITK is not installed on this machine" in result.stderr
+
+
+def _kvasir_like_source(folder: Path) -> Path:
+    """Kvasir-SEG's layout (images/, masks/ with 0/255 masks), from the toy generator."""
+    images, masks = write_toy_2d_folders(folder, num_cases=30, size=64)
+    for mask in masks.iterdir():
+        Image.fromarray(((np.array(Image.open(mask)) > 0) * 255).astype(np.uint8)).save(mask)
+    return folder
+
+
+@pytest.mark.e2e
+def test_prepare_and_smoke_run(tmp_path):
+    """prepare.sh (no wheels) and run.sh --smoke: plan, three trainings, stock prediction, results.json."""
+    source = _kvasir_like_source(tmp_path / "kvasir")
+    kit = tmp_path / "kit"
+    prepared = subprocess.run(["bash", str(KIT / "prepare.sh"), "--source", str(source), "--kit", str(kit),
+                               "--no-wheels", "--size", "48", "--test-count", "5"], capture_output=True, text=True)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert len((kit / "data" / "test.txt").read_text().split()) == 5
+    assert len((kit / "data" / "labeled.txt").read_text().split()) == 2  # 10 % of 25, at least 2
+    again = subprocess.run(["bash", str(KIT / "prepare.sh"), "--source", str(source), "--kit", str(kit)],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "exists" in again.stderr  # a prepared kit is never overwritten
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "KIT_WORK": str(tmp_path / "work")}
+    run = subprocess.run(["bash", str(KIT / "run.sh"), "--smoke", "--kit", str(kit), "--deadline-s", "1200"],
+                         capture_output=True, text=True, env=env, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["smoke"] and results["deadline_met"]
+    assert list(results["methods"]) == ["nnU-Net (labeled only)", "nnUNetTrainerMeanTeacher", "nnUNetTrainerSRASeg"]
+    for method in results["methods"].values():
+        assert 0 <= method["test_dice"]["mean"] <= 1 and method["seconds_per_iteration"] > 0
+        assert method["training"]["0"]["epochs_trained"] == 2
+    assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "dice_per_method.png", "run.log"}
