@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from nnunet_semi.synthesis.augment import AdaptiveAugment, AugmentConfig, ada_p_update
-from nnunet_semi.synthesis.losses import default_r1_gamma, discriminator_loss, generator_loss, r1_penalty
+from nnunet_semi.synthesis.losses import (
+    default_r1_gamma,
+    discriminator_loss,
+    generator_loss,
+    path_length_penalty,
+    r1_penalty,
+)
+from nnunet_semi.synthesis.networks import Generator, GeneratorConfig
 
 
 def test_non_saturating_losses_match_log_sigmoid():
@@ -111,3 +118,31 @@ def test_hue_rotation_keeps_grey_pixels():
     # rotation about the luma axis keeps the mean of R, G, B
     torch.testing.assert_close(out.mean(dim=1), colour.mean(dim=1), atol=1e-5, rtol=0)
     assert math.isfinite(out.sum().item())
+
+
+def test_path_length_penalty_by_hand():
+    """images = s * ws (1 x 1 x 2), y = (3, 4) / sqrt(2): length = s * sqrt(12.5); a moves 1 % towards it;
+    penalty = (length - a_new)^2 and d/ds = 2 (length - a_new) sqrt(12.5), with a_new held constant."""
+    scale = torch.tensor(1.0, requires_grad=True)
+    ws = torch.tensor([[[1.0, 2.0]]])
+    noise = torch.tensor([[[[3.0, 4.0]]]])
+    penalty, new_mean = path_length_penalty(lambda w: scale * w.reshape(1, 1, 1, 2), ws, torch.tensor(1.0), 0.01,
+                                            noise=noise)
+    length = math.sqrt(12.5)
+    expected_mean = 1.0 + 0.01 * (length - 1.0)
+    assert new_mean.item() == pytest.approx(expected_mean)
+    assert penalty.item() == pytest.approx((length - expected_mean) ** 2)
+    penalty.backward()
+    assert scale.grad.item() == pytest.approx(2 * (length - expected_mean) * length)
+
+
+def test_path_length_penalty_reaches_the_generator():
+    torch.manual_seed(0)
+    generator = Generator(GeneratorConfig(resolution=8, img_channels=1, z_dim=8, w_dim=8, mapping_layers=1,
+                                          channel_base=64, channel_max=16))
+    ws = generator.map(torch.randn(2, 8))
+    penalty, new_mean = path_length_penalty(generator.synthesize, ws, torch.tensor(0.0), 0.01)
+    penalty.backward()
+    # biases and the constant input do not change the Jacobian; the modulated convolutions' weights do
+    weights = [p.grad for name, p in generator.blocks.named_parameters() if name.endswith("weight")]
+    assert new_mean > 0 and weights and all(g is not None and g.abs().sum() > 0 for g in weights)

@@ -52,13 +52,16 @@ def run_train_gan(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.gpus)
     if args.batch < 1 or args.kimg <= 0 or args.snapshot_kimg <= 0 or args.keep_snapshots < 1:
         raise UserError("--batch, --kimg, --snapshot-kimg and --keep-snapshots must be positive.")
+    if args.pl_weight < 0:
+        raise UserError(f"--pl-weight must be >= 0 (0 switches the path-length regulariser off); got {args.pl_weight}.")
     classes = assign_classes(name, args.classes, labeled_only=args.labeled_only)
     folders = class_folders(list(classes), Path(args.output))
     resolution = args.resolution or default_resolution(name, [r for refs in classes.values() for r in refs])
     cfg = TrainConfig(kimg=args.kimg, batch_size=args.batch, learning_rate=args.lr, r1_gamma=args.gamma,
                       augment=not args.no_ada, ada_target=args.ada_target, ada_kimg=args.ada_kimg,
                       mirror=args.mirror, snapshot_kimg=args.snapshot_kimg, keep_snapshots=args.keep_snapshots,
-                      seed=args.seed, mixed_precision=not args.no_amp, ema_kimg=args.ema_kimg)
+                      seed=args.seed, mixed_precision=not args.no_amp, ema_kimg=args.ema_kimg,
+                      pl_weight=args.pl_weight)
     occupied = [str(f) for f in folders.values() if f.is_dir() and latest_checkpoint(f) is not None]
     if occupied and not args.resume:
         raise UserError(f"{', '.join(occupied)} already hold(s) checkpoints; pass --resume to continue or choose "
@@ -108,6 +111,9 @@ def add_train_gan_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, default=0.0025, help="Adam learning rate of G and D (default 0.0025)")
     p.add_argument("--gamma", type=float, default=None,
                    help="R1 weight (default 0.0002 * resolution^2 / batch, StyleGAN2-ADA's heuristic)")
+    p.add_argument("--pl-weight", type=float, default=2.0,
+                   help="weight of StyleGAN2's path-length regulariser, applied every 4 steps on half the batch "
+                        "(default 2, the official configuration; 0 switches it off)")
     p.add_argument("--mirror", action="store_true", help="random horizontal flips of the real images")
     p.add_argument("--no-ada", action="store_true", help="disable adaptive discriminator augmentation")
     p.add_argument("--ada-target", type=float, default=0.6, help="ADA target for E[sign(D(real))] (default 0.6)")

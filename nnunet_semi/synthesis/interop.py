@@ -39,11 +39,7 @@ def load_official_generator(pickle_path: Path, repo: Path) -> torch.nn.Module:
         raise UserError(f"Generator pickle {pickle_path} does not exist.")
     add_repo_to_path(repo.resolve())
     try:
-        with open(pickle_path, "rb") as f:
-            if (repo / "legacy.py").is_file():
-                data = importlib.import_module("legacy").load_network_pkl(f)
-            else:
-                data = pickle.load(f)
+        data = _read_network_pickle(pickle_path, repo)
     except (pickle.UnpicklingError, ModuleNotFoundError, AttributeError, EOFError) as e:
         raise UserError(f"Cannot read {pickle_path} with the code in {repo} ({type(e).__name__}: {e}). Is it a "
                         f"network pickle of that StyleGAN version?") from None
@@ -57,6 +53,19 @@ def load_official_generator(pickle_path: Path, repo: Path) -> torch.nn.Module:
         raise UserError(f"{pickle_path} is class-conditional (c_dim={generator.c_dim}); nnunet-semi uses one "
                         f"unconditional generator per class.")
     return generator.eval().requires_grad_(False).float()
+
+
+def _read_network_pickle(pickle_path: Path, repo: Path) -> object:
+    """The checkout's ``legacy.load_network_pkl`` (it also converts TF pickles); it asserts that G, D and G_ema are
+    all there, so a pickle that holds only G_ema (all that synthesis needs) is read with ``pickle`` instead."""
+    if (repo / "legacy.py").is_file():
+        try:
+            with open(pickle_path, "rb") as f:
+                return importlib.import_module("legacy").load_network_pkl(f)
+        except AssertionError:
+            pass
+    with open(pickle_path, "rb") as f:
+        return pickle.load(f)
 
 
 def official_generate(generator: torch.nn.Module, z: torch.Tensor, truncation_psi: float) -> torch.Tensor:

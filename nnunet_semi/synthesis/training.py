@@ -3,6 +3,8 @@
 Per iteration (StyleGAN2 / StyleGAN2-ADA training schedule):
 
 1. generator step: non-saturating loss on augmented fakes, with style mixing regularisation (StyleGAN Sec. 3.1);
+   every ``pl_interval`` steps the path-length penalty (StyleGAN2 Sec. 3.2, weight ``pl_weight`` = 2 on half the
+   batch, as the official configuration) is added, multiplied by the interval (lazy regularisation, as for R1);
 2. discriminator step: logistic loss on augmented reals and fakes; every ``r1_interval`` steps the R1 penalty on
    the reals is added, multiplied by the interval ("lazy regularisation", StyleGAN2 Appendix B; we add it to the
    ordinary step instead of running a separate one, so the optimiser settings need no correction);
@@ -39,7 +41,13 @@ from nnunet_semi.synthesis.augment import AdaptiveAugment, AugmentConfig, ada_p_
 from nnunet_semi.synthesis.data import DataSpec
 from nnunet_semi.files import write_atomic
 from nnunet_semi.synthesis.grid import save_image_grid
-from nnunet_semi.synthesis.losses import default_r1_gamma, discriminator_loss, generator_loss, r1_penalty
+from nnunet_semi.synthesis.losses import (
+    default_r1_gamma,
+    discriminator_loss,
+    generator_loss,
+    path_length_penalty,
+    r1_penalty,
+)
 from nnunet_semi.synthesis.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
 CHECKPOINT_FORMAT = "nnunet-semi-stylegan2-ada/1"
@@ -58,6 +66,10 @@ class TrainConfig:
     adam_beta2: float = 0.99
     r1_gamma: float | None = None  # None: default_r1_gamma(resolution, batch_size)
     r1_interval: int = 16
+    pl_weight: float = 2.0
+    pl_interval: int = 4
+    pl_decay: float = 0.01
+    pl_batch_shrink: int = 2
     style_mixing_prob: float = 0.9
     ema_kimg: float = 10.0
     ema_rampup: float = 0.05
@@ -180,6 +192,8 @@ class GanTrainer:
         self.use_amp = cfg.mixed_precision and device.type == "cuda"
         self.gamma = cfg.gamma(g_cfg.resolution)
         self.last_r1 = float("nan")
+        self.pl_mean = torch.zeros([], device=device)  # a of the path-length penalty (moving average of lengths)
+        self.last_pl = torch.full([], float("nan"), device=device)  # a tensor: no host sync per step
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -188,7 +202,8 @@ class GanTrainer:
                 "train_config": asdict(self.cfg), "data_spec": self.spec.to_dict(),
                 "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                "augment_p": float(self.augment.p), "cur_nimg": self.cur_nimg, "step_index": self.step_index}
+                "augment_p": float(self.augment.p), "pl_mean": float(self.pl_mean), "cur_nimg": self.cur_nimg,
+                "step_index": self.step_index}
 
     def load_state(self, ckpt: dict) -> None:
         self.G.load_state_dict(ckpt["G"])
@@ -197,6 +212,7 @@ class GanTrainer:
         self.opt_G.load_state_dict(ckpt["opt_G"])
         self.opt_D.load_state_dict(ckpt["opt_D"])
         self.augment.p.fill_(ckpt["augment_p"])
+        self.pl_mean.fill_(ckpt.get("pl_mean", 0.0))  # checkpoints from before the regulariser start at 0
         self.cur_nimg = int(ckpt["cur_nimg"])
         self.step_index = int(ckpt["step_index"])
 
@@ -245,6 +261,8 @@ class GanTrainer:
         with self.autocast():
             fake = self.G.synthesize(self.mixed_ws(update_w_avg=True))
             loss = generator_loss(self.D(self.augment(fake)).float())
+        if self.cfg.pl_weight > 0 and self.step_index % self.cfg.pl_interval == 0:
+            loss = loss + self.path_length_term()
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         all_reduce_gradients(self.G, self.world_size)
@@ -253,6 +271,15 @@ class GanTrainer:
             dist.all_reduce(self.G.mapping.w_avg)
             self.G.mapping.w_avg /= self.world_size
         return float(loss.detach())
+
+    def path_length_term(self) -> torch.Tensor:
+        """The lazy path-length penalty on batch / pl_batch_shrink fakes (float32, like R1)."""
+        ws = self.mixed_ws(update_w_avg=False)[: max(1, self.batch_per_rank // self.cfg.pl_batch_shrink)]
+        penalty, self.pl_mean = path_length_penalty(self.G.synthesize, ws, self.pl_mean, self.cfg.pl_decay,
+                                                    world_size=self.world_size)
+        self.pl_mean = self.pl_mean.detach()
+        self.last_pl = penalty.detach()
+        return penalty * (self.cfg.pl_weight * self.cfg.pl_interval)
 
     def discriminator_step(self) -> float:
         self.G.requires_grad_(False)
@@ -333,6 +360,7 @@ class GanTrainer:
                     last = self.save_snapshot()
                     elapsed = time.time() - started
                     record = {"kimg": self.cur_nimg / 1000, "loss_G": loss_g, "loss_D": loss_d, "r1": self.last_r1,
+                              "pl": float(self.last_pl),
                               "augment_p": float(self.augment.p), "rt": rt, "seconds": elapsed,
                               "images_per_second": (self.cur_nimg - nimg_at_start) / max(elapsed, 1e-9),
                               "checkpoint": last.name}
