@@ -196,3 +196,23 @@ def test_wall_clock_limit_rejects_a_deadline_that_is_no_time(tmp_path, monkeypat
     monkeypatch.setenv(STOP_TRAINING_AT_VARIABLE, "tomorrow")
     with pytest.raises(ValueError, match=STOP_TRAINING_AT_VARIABLE):
         _LimitedLoop(tmp_path).run_training()
+
+
+def test_budget_variant_of_a_budget_variant_keeps_one_time_limit():
+    twice = budget_variant(budget_variant(nnUNetTrainerMeanTeacher, 5), 2, 2)
+    assert twice.__mro__.count(WallClockLimit) == 1 and twice.num_epochs == 2
+
+
+def test_continuing_a_stopped_training_makes_its_final_checkpoint_the_latest(tmp_path, monkeypatch):
+    """--c after a stop: a kill during the continuation must resume from the continuation, not from the stop."""
+    monkeypatch.setenv(STOP_TRAINING_AT_VARIABLE, "1")
+    stopped = _LimitedLoop(tmp_path)
+    stopped.run_training()
+    (tmp_path / "checkpoint_final.pth").write_text("epoch 1")
+    monkeypatch.delenv(STOP_TRAINING_AT_VARIABLE)
+    continued = _LimitedLoop(tmp_path)
+    continued.current_epoch = stopped.current_epoch  # what nnU-Net's --c loads
+    continued.run_training()
+    assert (tmp_path / "checkpoint_latest.pth").read_text() == "epoch 1"
+    assert not (tmp_path / "checkpoint_final.pth").exists()  # the fake loop's on_train_end writes none
+    assert read_training_summary(tmp_path)["stopped_at_time_limit"] is False and continued.current_epoch == 5

@@ -21,12 +21,10 @@ RUN_IMPORTS = ["nnunetv2.run.run_training", "nnunetv2.inference.predict_from_raw
                "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints", "nnunet_semi.cli",
                "nnunet_semi.trainers", "nnunet_semi.evaluation.benchmark", "nnunet_semi.planners.convert_2d",
                "nnunet_semi.planners.make_semi", "nnunet_semi.planners.plan"]
-# imported here, but not needed on the device machine
+# imported here, but not needed on the device machine (besides what the device's own packages bring along)
 NOT_NEEDED = {
     "nnunet-semi": "installed from the working tree by run.sh",
     "imagecodecs": "an optional import of tifffile (try/except), unused for PNG",
-    # this machine's newer huggingface_hub (timm's) imports these; the device has its own huggingface_hub
-    "httpx2": "", "httpcore2": "", "h2": "", "hpack": "", "hyperframe": "", "truststore": "",
 }
 
 
@@ -43,18 +41,36 @@ def test_wheels_and_device_packages_cover_what_the_run_imports():
     """Every distribution that the kit's run imports is on the device or among the carried wheels; SimpleITK is
     the stand-in (its wheel does not fit the kit)."""
     code = f"""
-import importlib, importlib.metadata as md, json, sys
+import importlib, importlib.metadata as md, json, re, sys
 for name in {RUN_IMPORTS!r}:
     importlib.import_module(name)
 from nnunet_semi.components.feature_extractors import load_efficientnet_lite0
 load_efficientnet_lite0()
 owners = md.packages_distributions()
+device = set(json.loads(sys.argv[1]))
+def normalise(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+brought = set()  # requirements of the device's packages, recursively, as installed here
+todo = [d.metadata["Name"] for d in md.distributions() if normalise(d.metadata["Name"]) in device]
+while todo:
+    try:
+        requirements = md.requires(todo.pop()) or []
+    except md.PackageNotFoundError:
+        continue
+    for requirement in requirements:
+        name = normalise(re.split(r"[ ;<>=!~\[(]", requirement, maxsplit=1)[0])
+        if name not in brought:
+            brought.add(name)
+            todo.append(name)
 top = [n for n in list(sys.modules) if "." not in n and n not in sys.stdlib_module_names and n != "SimpleITK"]
-print(json.dumps({{"distributions": sorted({{d for n in top for d in owners.get(n, [])}}),
+print(json.dumps({{"distributions": sorted({{d for n in top for d in owners.get(n, [])
+                                             if normalise(d) not in brought}}),
                   "simpleitk": sys.modules["SimpleITK"].__file__}}))
 """
     env = {**os.environ, "PYTHONPATH": str(KIT / "simpleitk_stub")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    device = sorted(_names(KIT / "device_packages.txt"))
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(device)], capture_output=True, text=True, env=env,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     imported = json.loads(result.stdout.strip().splitlines()[-1])
     assert Path(imported["simpleitk"]).is_relative_to(KIT / "simpleitk_stub")
@@ -93,12 +109,13 @@ def test_prepare_and_smoke_run(tmp_path):
     assert again.returncode == 2 and "exists" in again.stderr  # a prepared kit is never overwritten
 
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "KIT_WORK": str(tmp_path / "work")}
-    run = subprocess.run(["bash", str(KIT / "run.sh"), "--smoke", "--kit", str(kit), "--deadline-s", "1200"],
-                         capture_output=True, text=True, env=env, timeout=1200)
+    env = {**os.environ, "OUT": str(out), "KIT_WORK": str(tmp_path / "work"),
+           "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ["PATH"]))}  # this environment's
+    run = subprocess.run(["bash", str(KIT / "run.sh"), "--smoke", "--kit", str(kit), "--deadline-s", "900"],
+                         capture_output=True, text=True, env=env, timeout=1000)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["smoke"] and results["deadline_met"]
+    assert results["smoke"] and results["complete"] and results["deadline_met"]
     assert list(results["methods"]) == ["nnU-Net (labeled only)", "nnUNetTrainerMeanTeacher", "nnUNetTrainerSRASeg"]
     for method in results["methods"].values():
         assert 0 <= method["test_dice"]["mean"] <= 1 and method["seconds_per_iteration"] > 0

@@ -176,10 +176,11 @@ def test_official_pickle_through_stylegan_repo(nnunet_folders, tmp_path, stand_i
 
 
 def test_official_pickle_with_only_g_ema_passes_the_strict_legacy_loader(nnunet_folders, tmp_path, stand_in_repo):
-    """The official legacy.load_network_pkl asserts that D is in the pickle; synthesis needs only G_ema."""
+    """The official legacy.load_network_pkl indexes and asserts G and D; synthesis needs only G_ema."""
     make_png_dataset(nnunet_folders["nnUNet_raw"])
     (stand_in_repo / "legacy.py").write_text(
-        "import pickle\n\n\ndef load_network_pkl(f):\n    data = pickle.load(f)\n    assert 'D' in data\n"
+        "import pickle\n\nimport torch\n\n\ndef load_network_pkl(f):\n    data = pickle.load(f)\n"
+        "    assert isinstance(data['G'], torch.nn.Module) and isinstance(data['D'], torch.nn.Module)\n"
         "    return data\n")
     pkl = tmp_path / "g_ema_only.pkl"
     make_pickle(stand_in_repo, pkl)

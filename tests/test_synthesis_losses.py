@@ -143,6 +143,7 @@ def test_path_length_penalty_reaches_the_generator():
     ws = generator.map(torch.randn(2, 8))
     penalty, new_mean = path_length_penalty(generator.synthesize, ws, torch.tensor(0.0), 0.01)
     penalty.backward()
-    # biases and the constant input do not change the Jacobian; the modulated convolutions' weights do
-    weights = [p.grad for name, p in generator.blocks.named_parameters() if name.endswith("weight")]
+    # biases and the constant input do not change the Jacobian; the weights of the modulated convolutions and
+    # (through ws, as in the official code) of the mapping network do
+    weights = [p.grad for name, p in generator.named_parameters() if name.endswith("weight")]  # mapping too
     assert new_mean > 0 and weights and all(g is not None and g.abs().sum() > 0 for g in weights)

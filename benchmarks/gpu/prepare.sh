@@ -45,11 +45,13 @@ if [ "$wheels" = 1 ]; then
   grep -v '^\s*#' "$here/wheels.txt" | grep -v '^\s*$' | while read -r requirement; do
     echo "wheel: $requirement"
     if ! "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        "${platforms[@]}" -d "$staging/wheels" "$requirement" 2>/dev/null; then
+        "${platforms[@]}" -d "$staging/wheels" "$requirement" 2>"$staging/pip-download.log"; then
+      echo "  no CPython 3.12 wheel ($(tail -1 "$staging/pip-download.log")); building the sdist"
       # no wheel on the registry: build the sdist here; it must give a pure-Python (py3-none-any) wheel
       "$python" -m pip wheel -q --no-deps --no-binary=:all: -w "$staging/wheels" "$requirement"
     fi
   done
+  rm -f "$staging/pip-download.log"
   for wheel in "$staging"/wheels/*.whl; do
     case "$wheel" in
       *-py3-none-any.whl|*-py2.py3-none-any.whl|*cp312*|*abi3*) ;;
@@ -59,7 +61,7 @@ if [ "$wheels" = 1 ]; then
 fi
 
 "$python" "$here/prepare_data.py" "$source_dir" -o "$staging/data" --size "$size" --test-count "$test_count" \
-  "${cases[@]}"
+  ${cases[@]+"${cases[@]}"}
 
 bytes=$(du -sb "$staging" | cut -f1)
 echo "kit: $((bytes / 1024 / 1024)) MiB ($bytes bytes) in $kit"

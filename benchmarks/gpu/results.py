@@ -5,12 +5,17 @@ Dice, seconds per training iteration and its ratio to vanilla nnU-Net, the epoch
 time limit stopped it), the peak GPU memory; the budget, the wall time against the deadline, the device and the
 versions of Python, torch, nnU-Net and nnunet-semi.
 
+When the benchmark did not finish (``--benchmark-status`` not 0, e.g. 124 when the deadline killed it), results.json
+says so and lists the training summaries that exist.
+
 Usage: python results.py BENCHMARK_FOLDER -o OUT --start UNIX_SECONDS --deadline-s S [--smoke 0|1]
+       [--benchmark-status N]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import time
@@ -45,6 +50,13 @@ def method_results(method: dict) -> dict:
     }
 
 
+def finished_trainings() -> dict:
+    """training_summary.json of every training in nnUNet_results (what an incomplete run got done)."""
+    results = Path(os.environ["nnUNet_results"])
+    return {str(p.parent.relative_to(results)): json.loads(p.read_text())
+            for p in sorted(results.glob("*/*/fold_*/training_summary.json"))}
+
+
 def environment(device: str) -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "nnunetv2": version("nnunetv2"),
             "nnunet_semi": version("nnunet-semi"),
@@ -58,19 +70,25 @@ def main() -> None:
     parser.add_argument("--start", type=float, required=True)
     parser.add_argument("--deadline-s", type=float, required=True)
     parser.add_argument("--smoke", type=int, default=0)
+    parser.add_argument("--benchmark-status", type=int, default=0, help="exit status of nnunet-semi benchmark")
     args = parser.parse_args()
 
-    report = json.loads((args.benchmark / "report.json").read_text())
     elapsed = time.time() - args.start
+    report_file = args.benchmark / "report.json"
+    complete = args.benchmark_status == 0 and report_file.is_file()
+    report = json.loads(report_file.read_text()) if complete else {"title": None, "details": {}, "methods": []}
     results = {
         "smoke": bool(args.smoke),
+        "complete": complete,
+        "benchmark_exit_status": args.benchmark_status,  # 124: killed at the deadline
         "title": report["title"],
         "details": report["details"],
         "methods": {m["name"]: method_results(m) for m in report["methods"]},
+        "training_summaries": {} if complete else finished_trainings(),
         "wall_seconds": round(elapsed, 1),
         "deadline_seconds": args.deadline_s,
         "deadline_met": elapsed <= args.deadline_s,
-        "environment": environment(report["details"].get("device", "")),
+        "environment": environment(report["details"].get("device", "cuda" if torch.cuda.is_available() else "cpu")),
     }
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "results.json").write_text(json.dumps(results, indent=1))

@@ -33,6 +33,8 @@ out=${OUT:-$here/results}
 work=${KIT_WORK:-/tmp/nnunet_semi_gpu_kit}
 mkdir -p "$out"
 exec > >(tee "$out/run.log") 2>&1
+tee_pid=$!
+trap 'exec >&- 2>&-; wait "$tee_pid" 2>/dev/null || true' EXIT  # the log's last lines too
 [ -d "$kit/data" ] || { echo "run.sh: no kit in $kit: run benchmarks/gpu/prepare.sh first." >&2; exit 2; }
 
 if [ "$smoke" = 1 ]; then
@@ -51,7 +53,8 @@ export PYTHONPATH="$here/simpleitk_stub${PYTHONPATH:+:$PYTHONPATH}"
 export nnUNet_compile=false  # torch.compile would spend minutes of the deadline compiling
 rm -rf "$work"
 export nnUNet_raw=$work/raw nnUNet_preprocessed=$work/preprocessed nnUNet_results=$work/results
-eval "$(nnunet-semi env)"
+nnunet_env=$(nnunet-semi env)  # an assignment, so that set -e sees a failure
+eval "$nnunet_env"
 
 nnunet-semi convert-2d "$kit/data/images" "$kit/data/masks" -o 501 -n KvasirGPU
 nnunet-semi make-semi 501 -o 502 --labeled-list "$kit/data/labeled.txt" --holdout-list "$kit/data/test.txt"
@@ -62,10 +65,13 @@ if [ "$training_s" -lt 30 ]; then
   echo "run.sh: setup left only ${training_s} s for training before the deadline; nothing trained." >&2
   exit 1
 fi
+# the trainings stop themselves at their shares; timeout is the hard stop if prediction or evaluation overrun
+hard_stop_s=$((deadline_s - ($(date +%s) - start) - 15))
+status=0
 # shellcheck disable=SC2086
-nnunet-semi benchmark 502 -c 2d -tr nnUNetTrainerMeanTeacher nnUNetTrainerSRASeg -f $folds --budget "$budget" \
-  --time-limit "$(python -c "print($training_s / 60)")" --no-upper-bound -device "$device" -o "$work/benchmark" \
-  --title "GPU kit: Kvasir-SEG 10 % at 256 x 256"
-
+timeout --kill-after=10 "$hard_stop_s" nnunet-semi benchmark 502 -c 2d -tr nnUNetTrainerMeanTeacher \
+  nnUNetTrainerSRASeg -f $folds --budget "$budget" --time-limit "$(python -c "print($training_s / 60)")" \
+  --no-upper-bound -device "$device" -o "$work/benchmark" --title "GPU kit: Kvasir-SEG 10 % at 256 x 256" || status=$?
 python "$here/results.py" "$work/benchmark" -o "$out" --start "$start" --deadline-s "$deadline_s" \
-  --smoke "$smoke"
+  --smoke "$smoke" --benchmark-status "$status"
+exit "$status"

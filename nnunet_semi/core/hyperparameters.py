@@ -69,7 +69,6 @@ def budget_variant(base: type, num_epochs: int, num_iterations_per_epoch: int | 
         attributes["num_val_iterations_per_epoch"] = max(
             1, round(num_iterations_per_epoch * VALIDATION_ITERATIONS_PER_TRAINING_ITERATION))
         attributes["__doc__"] += f" x {num_iterations_per_epoch} iterations"
-    bases = (WallClockLimit, base) if issubclass(base, ClassHyperparameters) else \
-        (WallClockLimit, ClassHyperparameters, base)
+    bases = (*(m for m in (WallClockLimit, ClassHyperparameters) if not issubclass(base, m)), base)
     name = budget_variant_name(base.__name__, num_epochs, num_iterations_per_epoch)
     return type(name, bases, attributes)

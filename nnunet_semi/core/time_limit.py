@@ -5,7 +5,7 @@
 a complete training (``checkpoint_final.pth``, then nnU-Net's final validation), so the fold is usable and
 ``nnUNetv2_train --c`` can later continue it to the full budget. Every budget-variant training writes
 ``training_summary.json`` to its fold folder: epochs planned and trained, whether the deadline stopped it, and the
-peak memory (GPU memory allocated by torch; resident memory of the main process).
+peak memory of rank 0 (GPU memory allocated by torch; resident memory of the main process).
 """
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ class WallClockLimit:
     def on_train_start(self):
         self.stop_training_at = stop_training_at()
         self.stopped_at_time_limit = False
+        if self.current_epoch > 0 and self.local_rank == 0:
+            self._reopen_stopped_training()
         if self.stop_training_at is not None:
             self.print_to_log_file(f"Training stops after the first epoch that ends past "
                                    f"{time.strftime('%H:%M:%S', time.localtime(self.stop_training_at))} "
@@ -64,10 +66,21 @@ class WallClockLimit:
                                    f"epochs.")
             raise _TimeLimitReached
 
+    def _reopen_stopped_training(self) -> None:
+        """``--c`` on a training that the limit stopped continues it: its final checkpoint becomes the latest one,
+        so that a kill during the continuation resumes from the continuation's checkpoints, not from the stop."""
+        folder = Path(self.output_folder)
+        if (read_training_summary(folder) or {}).get("stopped_at_time_limit") and \
+                (folder / "checkpoint_final.pth").is_file():
+            os.replace(folder / "checkpoint_final.pth", folder / "checkpoint_latest.pth")
+            self.print_to_log_file("Continuing a training that a time limit had stopped.")
+
     def _deadline_passed(self) -> bool:
-        """Rank 0's clock decides, so that every DDP rank leaves the loop at the same epoch."""
-        passed = torch.tensor(float(self.stop_training_at is not None and time.time() >= self.stop_training_at),
-                              device=self.device)
+        """Rank 0's clock decides, so that every DDP rank leaves the loop at the same epoch (all ranks share the
+        environment, so either all or none have a deadline)."""
+        if self.stop_training_at is None:
+            return False
+        passed = torch.tensor(float(time.time() >= self.stop_training_at), device=self.device)
         if self.is_ddp:
             dist.broadcast(passed, src=0)
         return bool(passed.item())

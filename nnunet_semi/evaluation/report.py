@@ -282,7 +282,7 @@ def _summary_table(rows: Sequence[Row], settings: ReportSettings) -> list[str]:
         "s / it": ([_number(r.method.seconds_per_iteration) for r in rows],
                    any(r.method.seconds_per_iteration for r in rows)),
         "Time vs reference": ([_times(r.time_ratio) for r in rows], any(math.isfinite(r.time_ratio) for r in rows)),
-        "Peak GPU MiB": ([_number(_peak_gpu_memory(r.method)) for r in rows],
+        "Peak GPU MiB": ([f"{_peak_gpu_memory(r.method) or 0:.0f}" for r in rows],
                          any(_peak_gpu_memory(r.method) for r in rows)),
         "Stopped early": ([_stopped_early(r.method) for r in rows], any(_stopped_early(r.method) for r in rows)),
     }

@@ -56,13 +56,13 @@ def load_official_generator(pickle_path: Path, repo: Path) -> torch.nn.Module:
 
 
 def _read_network_pickle(pickle_path: Path, repo: Path) -> object:
-    """The checkout's ``legacy.load_network_pkl`` (it also converts TF pickles); it asserts that G, D and G_ema are
-    all there, so a pickle that holds only G_ema (all that synthesis needs) is read with ``pickle`` instead."""
+    """The checkout's ``legacy.load_network_pkl`` (it also converts TF pickles); it indexes and asserts G, D and
+    G_ema, so a pickle that holds only G_ema (all that synthesis needs) is read with ``pickle`` instead."""
     if (repo / "legacy.py").is_file():
         try:
             with open(pickle_path, "rb") as f:
                 return importlib.import_module("legacy").load_network_pkl(f)
-        except AssertionError:
+        except (AssertionError, KeyError):
             pass
     with open(pickle_path, "rb") as f:
         return pickle.load(f)

@@ -38,12 +38,14 @@ def path_length_penalty(synthesize: Callable[[torch.Tensor], torch.Tensor], ws: 
                         world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """StyleGAN2's path-length regulariser (Karras et al. 2020, Sec. 3.2, Eq. 4): E[(||J_w^T y||_2 - a)^2].
 
-    ``ws`` [N, num_ws, w_dim]; ``synthesize(ws)`` -> images [N, C, H, W]; y ~ N(0, I) / sqrt(H W) (``noise`` for
-    tests); the length is the root of the mean over the num_ws layers of the squared gradient norm (as the official
+    ``ws`` [N, num_ws, w_dim] (when it carries the mapping network's graph, the penalty trains the mapping too, as in
+    the official code); ``synthesize(ws)`` -> images [N, C, H, W]; y ~ N(0, I) / sqrt(H W) (``noise`` for tests); the
+    length is the root of the mean over the num_ws layers of the squared gradient norm (as the official
     code computes it); a, the exponential moving average of the mean length with ``decay`` (0.01), is averaged over
     the ``world_size`` ranks. Returns the penalty (differentiable w.r.t. the synthesis parameters) and the new a.
     """
-    ws = ws.detach().requires_grad_(True)
+    if not ws.requires_grad:
+        ws = ws.detach().requires_grad_(True)
     images = synthesize(ws).float()
     if noise is None:
         noise = torch.randn_like(images)

@@ -244,15 +244,15 @@ class GanTrainer:
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp)
 
-    def latents(self) -> torch.Tensor:
-        return torch.randn(self.batch_per_rank, self.g_cfg.z_dim, device=self.device, generator=self.noise)
+    def latents(self, batch: int | None = None) -> torch.Tensor:
+        return torch.randn(batch or self.batch_per_rank, self.g_cfg.z_dim, device=self.device, generator=self.noise)
 
-    def mixed_ws(self, update_w_avg: bool) -> torch.Tensor:
+    def mixed_ws(self, update_w_avg: bool, batch: int | None = None) -> torch.Tensor:
         """ws for one batch; with probability style_mixing_prob the layers from a random cutoff use a second z."""
-        ws = self.G.map(self.latents(), update_w_avg=update_w_avg)
+        ws = self.G.map(self.latents(batch), update_w_avg=update_w_avg)
         if torch.rand([], generator=self.noise, device=self.device) < self.cfg.style_mixing_prob:
             cutoff = int(torch.randint(1, self.G.num_ws, [], generator=self.noise, device=self.device))
-            ws = torch.cat([ws[:, :cutoff], self.G.map(self.latents())[:, cutoff:]], dim=1)
+            ws = torch.cat([ws[:, :cutoff], self.G.map(self.latents(batch))[:, cutoff:]], dim=1)
         return ws
 
     def generator_step(self) -> float:
@@ -261,10 +261,11 @@ class GanTrainer:
         with self.autocast():
             fake = self.G.synthesize(self.mixed_ws(update_w_avg=True))
             loss = generator_loss(self.D(self.augment(fake)).float())
+        regularised = loss
         if self.cfg.pl_weight > 0 and self.step_index % self.cfg.pl_interval == 0:
-            loss = loss + self.path_length_term()
+            regularised = loss + self.path_length_term()
         self.opt_G.zero_grad(set_to_none=True)
-        loss.backward()
+        regularised.backward()
         all_reduce_gradients(self.G, self.world_size)
         self.opt_G.step()
         if self.world_size > 1:  # each rank tracked w_avg on its own latents: keep the ranks identical
@@ -274,7 +275,7 @@ class GanTrainer:
 
     def path_length_term(self) -> torch.Tensor:
         """The lazy path-length penalty on batch / pl_batch_shrink fakes (float32, like R1)."""
-        ws = self.mixed_ws(update_w_avg=False)[: max(1, self.batch_per_rank // self.cfg.pl_batch_shrink)]
+        ws = self.mixed_ws(update_w_avg=False, batch=max(1, self.batch_per_rank // self.cfg.pl_batch_shrink))
         penalty, self.pl_mean = path_length_penalty(self.G.synthesize, ws, self.pl_mean, self.cfg.pl_decay,
                                                     world_size=self.world_size)
         self.pl_mean = self.pl_mean.detach()

@@ -7,7 +7,7 @@ here with this explanation instead of a silent wrong result.
 
 
 def __getattr__(name: str):
-    if name.startswith("__"):
+    if name.startswith("_"):  # probes such as hasattr(SimpleITK, "_x") and module machinery
         raise AttributeError(name)
     raise ImportError(f"SimpleITK.{name}: SimpleITK is not installed on this machine (the GPU kit replaces it with "
                       f"benchmarks/gpu/simpleitk_stub, enough for 2D PNG datasets). Carry its wheel to read medical "
