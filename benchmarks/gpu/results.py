@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from nnunet_semi.core.time_limit import peak_gpu_memory_mib, stopped_folds
+
 
 def mean_dice(summary: dict | None) -> dict | None:
     """Mean Dice over classes ('mean' when there are several, else the one class) with std and per fold."""
@@ -35,7 +37,7 @@ def mean_dice(summary: dict | None) -> dict | None:
 
 
 def method_results(method: dict) -> dict:
-    summary = method.get("summary", {})
+    summary, training = method.get("summary", {}), method.get("training", {})
     return {
         "role": method["role"],
         "test_dice": mean_dice(summary.get("test")),
@@ -43,10 +45,9 @@ def method_results(method: dict) -> dict:
         "test_dice_vs_vanilla": (summary.get("test") or {}).get("dice_vs_reference"),
         "seconds_per_iteration": method["seconds_per_iteration"],
         "time_vs_vanilla": (summary.get("test") or summary.get("cv") or {}).get("time_vs_reference"),
-        "training": method.get("training", {}),
-        "stopped_at_time_limit": any(t.get("stopped_at_time_limit") for t in method.get("training", {}).values()),
-        "peak_gpu_memory_mib": max((t["peak_gpu_memory_mib"] for t in method.get("training", {}).values()
-                                    if t.get("peak_gpu_memory_mib")), default=None),
+        "training": training,
+        "stopped_at_time_limit": bool(stopped_folds(training)),
+        "peak_gpu_memory_mib": peak_gpu_memory_mib(training.values()),
     }
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -42,6 +43,16 @@ def stop_training_at() -> float | None:
 def read_training_summary(fold_folder: str | Path) -> dict | None:
     path = Path(fold_folder) / SUMMARY_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def peak_gpu_memory_mib(summaries: Iterable[dict]) -> float | None:
+    """Largest peak GPU memory of several trainings' summaries (None on CPU)."""
+    return max((s["peak_gpu_memory_mib"] for s in summaries if s.get("peak_gpu_memory_mib")), default=None)
+
+
+def stopped_folds(summaries: Mapping) -> dict:
+    """The summaries (by fold) of the trainings that a time limit stopped."""
+    return {fold: s for fold, s in summaries.items() if s.get("stopped_at_time_limit")}
 
 
 class WallClockLimit:

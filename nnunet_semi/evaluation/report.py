@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nnunet_semi.core.time_limit import peak_gpu_memory_mib, stopped_folds
 from nnunet_semi.errors import UserError
 from nnunet_semi.evaluation.aggregate import (
     MEAN,
@@ -282,8 +283,8 @@ def _summary_table(rows: Sequence[Row], settings: ReportSettings) -> list[str]:
         "s / it": ([_number(r.method.seconds_per_iteration) for r in rows],
                    any(r.method.seconds_per_iteration for r in rows)),
         "Time vs reference": ([_times(r.time_ratio) for r in rows], any(math.isfinite(r.time_ratio) for r in rows)),
-        "Peak GPU MiB": ([f"{_peak_gpu_memory(r.method) or 0:.0f}" for r in rows],
-                         any(_peak_gpu_memory(r.method) for r in rows)),
+        "Peak GPU MiB": ([f"{peak_gpu_memory_mib(r.method.training.values()) or 0:.0f}" for r in rows],
+                         any(peak_gpu_memory_mib(r.method.training.values()) for r in rows)),
         "Stopped early": ([_stopped_early(r.method) for r in rows], any(_stopped_early(r.method) for r in rows)),
     }
     shown = {name: values for name, (values, show) in optional.items() if show}
@@ -297,16 +298,10 @@ def _summary_table(rows: Sequence[Row], settings: ReportSettings) -> list[str]:
     return _markdown_table(header, body)
 
 
-def _peak_gpu_memory(method: MethodResults) -> float | None:
-    """Largest peak GPU memory over the folds' trainings (None on CPU or without training summaries)."""
-    peaks = [t["peak_gpu_memory_mib"] for t in method.training.values() if t.get("peak_gpu_memory_mib")]
-    return max(peaks) if peaks else None
-
-
 def _stopped_early(method: MethodResults) -> str:
     """Folds that a time limit stopped, with the epochs they trained, e.g. 'fold 1: 31/40 epochs'."""
     return ", ".join(f"fold {fold}: {t['epochs_trained']}/{t['epochs_planned']} epochs"
-                     for fold, t in method.training.items() if t.get("stopped_at_time_limit"))
+                     for fold, t in stopped_folds(method.training).items())
 
 
 def _per_class_table(rows: Sequence[Row], metric: str, settings: ReportSettings) -> list[str]:
