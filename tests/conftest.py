@@ -8,6 +8,12 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def private_feature_cache(tmp_path_factory, monkeypatch):
+    """FID feature caches go to a temporary folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("nnUNet_semi_cache", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def nnunet_folders(tmp_path, monkeypatch):
     """Point nnUNet_raw / _preprocessed / _results at fresh folders (nnU-Net reads them at call time)."""

@@ -21,8 +21,10 @@ from nnunet_semi.synthesis.data import (
     build_spec,
     dataset_reader,
     default_resolution,
+    fit_square,
     load_images,
     slice_axis_for,
+    to_real_size,
 )
 from nnunet_semi.synthesis.generators import KIND_OURS, ClassGenerator
 from nnunet_semi.synthesis.networks import Generator, GeneratorConfig
@@ -206,6 +208,15 @@ def test_ssgnet_strategies_count_synthetic_images_already_there():
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
+def test_generated_images_go_back_to_the_real_size_undoing_the_fit():
+    image = torch.arange(24.0).reshape(1, 1, 6, 4)
+    padded = fit_square(image, 6, "pad", torch.tensor([-1.0]))  # pad the 4 columns to 6, no resize
+    assert padded.shape == (1, 1, 6, 6) and float(padded[0, 0, 0, 0]) == -1.0
+    torch.testing.assert_close(to_real_size(padded, [6, 4], "pad"), image)  # the centre crop undoes the padding
+    resized = to_real_size(torch.ones(1, 3, 16, 16), [20, 12], "resize")
+    assert resized.shape == (1, 3, 20, 12) and torch.allclose(resized, torch.ones(1))
+
+
 def test_png_cases_added_in_place_pass_nnunet_verification(nnunet_folders):
     folder = make_png_dataset(nnunet_folders["nnUNet_raw"])
     classes = assign_classes(PNG_NAME, "mask")
@@ -215,7 +226,7 @@ def test_png_cases_added_in_place_pass_nnunet_verification(nnunet_folders):
         [f"synth_polyp_{i:06d}" for i in range(3)]
     verify_dataset_integrity(str(folder), num_processes=1)
     image = np.asarray(Image.open(folder / "imagesTr" / "synth_polyp_000002_0000.png"))
-    assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+    assert image.shape == (20, 16, 3) and image.dtype == np.uint8  # the real images' size, not the GAN's 16 x 16
     assert np.unique(np.asarray(Image.open(folder / "labelsTr" / "synth_polyp_000002.png"))).tolist() == [2]
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 13
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
@@ -224,6 +235,7 @@ def test_png_cases_added_in_place_pass_nnunet_verification(nnunet_folders):
     assert manifest["runs"][0]["classes"]["polyp"]["data_spec"]["real_images"][0] == ["case0", 0]
     # the recorded seed reproduces the written image
     _, regenerated = next(generators[1].generate([2]))
+    regenerated = to_real_size(torch.from_numpy(regenerated), [20, 16], "resize").numpy()
     expected = ((np.clip(regenerated[0], -1, 1) + 1) * 127.5).transpose(1, 2, 0)
     written = np.asarray(Image.open(folder / "imagesTr" / "synth_polyp_000000_0000.png")).astype(float)
     np.testing.assert_allclose(written, expected, atol=0.51)

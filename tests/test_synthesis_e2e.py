@@ -1,26 +1,32 @@
-"""The stock nnU-Net command verifies and preprocesses a dataset that ``synthesize`` wrote (slow: real processes)."""
+"""StyleGAN3-T from train-gan to a dataset that the stock nnU-Net command verifies and preprocesses (slow: real
+processes)."""
 from __future__ import annotations
 
 import os
 import subprocess
 
 import pytest
-from test_synthesis_dataset import PNG_NAME, make_png_dataset, tiny_generator
+from PIL import Image
+from test_synthesis_cli import TINY_GAN
+from test_synthesis_dataset import make_png_dataset
 
-from nnunet_semi.synthesis.classes import assign_classes
-from nnunet_semi.synthesis.data import build_spec
-from nnunet_semi.synthesis.synthesize import synthesize
-from nnunet_semi.synthesis.writer import NewDatasetTarget
+from nnunet_semi.cli import main
+from nnunet_semi.synthesis.training import load_checkpoint
 
 pytestmark = pytest.mark.e2e
 
 
-def test_plan_and_preprocess_accepts_synthetic_cases(nnunet_folders):
-    make_png_dataset(nnunet_folders["nnUNet_raw"])
-    generators = [tiny_generator(build_spec(PNG_NAME, c, refs, 16, "resize"), c)
-                  for c, refs in assign_classes(PNG_NAME, "mask").items()]
-    synthesize(NewDatasetTarget(PNG_NAME, 12, "PolypsSynth"), generators, {"no_foreground": 2, "polyp": 2}, 0, "cpu",
-               4, 0, "test")
+def test_stylegan3_trains_resumes_and_synthesises_what_plan_and_preprocess_accepts(nnunet_folders, tmp_path):
+    make_png_dataset(nnunet_folders["nnUNet_raw"])  # real images 20 x 16
+    gans = tmp_path / "gans"
+    options = ["--arch", "stylegan3-t", "--classes", "mask", *TINY_GAN]
+    assert main(["train-gan", "11", "-o", str(gans), "--kimg", "0.008", *options]) == 0
+    assert main(["train-gan", "11", "-o", str(gans), "--kimg", "0.012", "--resume", *options]) == 0
+    assert load_checkpoint(gans / "polyp" / "latest-state.pt")["step_index"] == 3
+    assert main(["synthesize", "11", "--generators", str(gans), "--per-class", "2", "--new-id", "12",
+                 "--new-name", "PolypsSynth", "--device", "cpu"]) == 0
+    new = nnunet_folders["nnUNet_raw"] / "Dataset012_PolypsSynth"
+    assert Image.open(new / "imagesTr" / "synth_polyp_000000_0000.png").size == (16, 20)  # real size, not 16 x 16
     env = {**os.environ, **{name: str(path) for name, path in nnunet_folders.items()}}
     result = subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "12", "-c", "2d", "-np", "2", "-npfp", "2",
                              "--verify_dataset_integrity"], env=env, capture_output=True, text=True, timeout=900)

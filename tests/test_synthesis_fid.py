@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from nnunet_semi.errors import UserError
 from nnunet_semi.synthesis import fid
@@ -74,3 +75,21 @@ def test_mixed_image_formats_get_a_note():
     assert mixed_formats_note({"all": ([grey, grey], [grey])}) is None
     note = mixed_formats_note({"all": ([rgb, rgb], [grey])})
     assert "sizes [(32, 32), (64, 64)], channels [1, 3]" in note
+
+
+def test_real_features_are_cached_by_content(monkeypatch):
+    calls = []
+
+    def fake_features(network, images, batch_size=50, device="cpu", desc=""):
+        calls.append(len(images))
+        return np.stack([image.astype(np.float64).ravel()[:4] for image in images])
+
+    monkeypatch.setattr(fid, "inception_features", fake_features)
+    network = fid.FidNetwork(torch.nn.Identity(), "weights-a", None)
+    images = [np.full((3, 8, 8), v, dtype=np.uint8) for v in (1, 2, 3)]
+    first = fid.cached_inception_features(network, images)
+    np.testing.assert_array_equal(fid.cached_inception_features(network, images), first)
+    assert calls == [3]  # the second call read the cache
+    fid.cached_inception_features(network, images[:2])  # other images, other weights: computed again
+    fid.cached_inception_features(fid.FidNetwork(torch.nn.Identity(), "weights-b", None), images)
+    assert calls == [3, 2, 3] and len(list(fid.feature_cache_dir().glob("*.npy"))) == 3

@@ -63,19 +63,19 @@ def test_default_gamma_heuristic():
 
 def test_ada_p_update_rule():
     # overfitting (r_t above target): p rises by batch / (ada_kimg * 1000)
-    assert ada_p_update(0.0, rt=0.9, target=0.6, num_images=128, ada_kimg=100) == pytest.approx(128 / 100_000)
+    assert float(ada_p_update(0.0, rt=0.9, target=0.6, num_images=128, ada_kimg=100)) == pytest.approx(128 / 100_000)
     # below target: falls, and is clipped at 0 and 1
-    assert ada_p_update(0.5, rt=0.2, target=0.6, num_images=1000, ada_kimg=1) == 0.0
-    assert ada_p_update(0.5, rt=1.0, target=0.6, num_images=1000, ada_kimg=1) == 1.0
-    assert ada_p_update(0.3, rt=0.1, target=0.6, num_images=64, ada_kimg=500) == pytest.approx(0.3 - 64 / 500_000)
-    assert ada_p_update(0.3, rt=0.6, target=0.6, num_images=64, ada_kimg=500) == 0.3
+    assert float(ada_p_update(0.5, rt=0.2, target=0.6, num_images=1000, ada_kimg=1)) == 0.0
+    assert float(ada_p_update(0.5, rt=1.0, target=0.6, num_images=1000, ada_kimg=1)) == 1.0
+    assert float(ada_p_update(0.3, rt=0.1, target=0.6, num_images=64, ada_kimg=500)) == pytest.approx(0.3 - 64 / 500_000)
+    assert float(ada_p_update(0.3, rt=0.6, target=0.6, num_images=64, ada_kimg=500)) == pytest.approx(0.3)
 
 
 def test_augment_is_identity_at_p_zero_and_differentiable_otherwise():
     aug = AdaptiveAugment()
     x = torch.rand(4, 3, 16, 16, requires_grad=True)
     assert aug(x) is x
-    aug.p.fill_(0.8)
+    aug.set_p(0.8)
     torch.manual_seed(0)
     y = aug(x)
     assert y.shape == x.shape and not torch.allclose(y, x)
@@ -91,7 +91,7 @@ def only(**enabled) -> AugmentConfig:
 
 def test_integer_transforms_are_exact():
     aug = AdaptiveAugment(only(xflip=1.0), rgb=False)
-    aug.p.fill_(1.0)
+    aug.set_p(1.0)
     x = torch.rand(64, 1, 8, 8)
     y = aug(x)
     flipped = torch.isclose(y, x.flip(-1), atol=1e-5).flatten(1).all(1)
@@ -101,7 +101,7 @@ def test_integer_transforms_are_exact():
 
 def test_augment_probability_controls_fraction_of_changed_images():
     aug = AdaptiveAugment(only(brightness=1.0), rgb=False)
-    aug.p.fill_(0.3)
+    aug.set_p(0.3)
     torch.manual_seed(0)
     x = torch.zeros(4000, 1, 2, 2)
     changed = (aug(x).abs().flatten(1).amax(1) > 0).float().mean().item()
@@ -110,7 +110,7 @@ def test_augment_probability_controls_fraction_of_changed_images():
 
 def test_hue_rotation_keeps_grey_pixels():
     aug = AdaptiveAugment(only(hue=1.0), rgb=True)
-    aug.p.fill_(1.0)
+    aug.set_p(1.0)
     grey = torch.full((8, 3, 4, 4), 0.3)
     torch.testing.assert_close(aug(grey), grey, atol=1e-5, rtol=0)
     colour = torch.rand(8, 3, 4, 4)

@@ -1,4 +1,5 @@
-"""GAN training loop: checkpoints, resume, EMA, sampler, and the multi-process (torch.distributed) path on CPU."""
+"""GAN training loop: snapshots, resume, EMA, sampler, StyleGAN3-T, and the multi-process (torch.distributed) path
+on CPU."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from nnunet_semi.errors import UserError
 from nnunet_semi.synthesis.augment import AugmentConfig
 from nnunet_semi.synthesis.data import DataSpec
 from nnunet_semi.synthesis.networks import DiscriminatorConfig, GeneratorConfig
+from nnunet_semi.synthesis.stylegan3 import StyleGAN3Config, StyleGAN3Generator
 from nnunet_semi.synthesis.training import (
     GanTrainer,
     RealImageSampler,
@@ -21,7 +23,9 @@ from nnunet_semi.synthesis.training import (
     all_reduce_gradients,
     ema_beta,
     generator_from_checkpoint,
+    is_due,
     load_checkpoint,
+    resume_checkpoint,
     train_gan,
 )
 
@@ -37,9 +41,12 @@ def images(n: int = 24) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (n, 1, RES, RES), dtype=np.uint8)
 
 
-def configs() -> tuple[GeneratorConfig, DiscriminatorConfig]:
-    return (GeneratorConfig(resolution=RES, img_channels=1, z_dim=8, w_dim=8, channel_base=64, channel_max=8),
-            DiscriminatorConfig(resolution=RES, img_channels=1, channel_base=64, channel_max=8))
+def configs(arch: str = "stylegan2") -> tuple[GeneratorConfig, DiscriminatorConfig]:
+    g_cfg = (GeneratorConfig(resolution=RES, img_channels=1, z_dim=8, w_dim=8, channel_base=64, channel_max=8)
+             if arch == "stylegan2" else
+             StyleGAN3Config(resolution=RES, img_channels=1, z_dim=8, w_dim=8, channel_base=64, channel_max=8,
+                             num_layers=3, num_critical=1, margin_size=2))
+    return g_cfg, DiscriminatorConfig(resolution=RES, img_channels=1, channel_base=64, channel_max=8)
 
 
 def train_config(**overrides) -> TrainConfig:
@@ -60,31 +67,50 @@ def test_sampler_visits_every_image_once_per_epoch():
     data = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
     sampler = RealImageSampler(data, batch_size=4, seed=0, mirror=False)
     seen = torch.cat([sampler.next() for _ in range(5)]).flatten()  # 20 images = 2 epochs
-    values = ((seen + 1) * 127.5).round().long()
+    values = seen.long()
     assert sorted(values[:10].tolist()) == list(range(10))
     assert sorted(values[10:].tolist()) == list(range(10))
 
 
-def test_training_writes_checkpoints_and_resumes(tmp_path):
-    g_cfg, d_cfg = configs()
+def test_snapshot_schedule():
+    assert is_due(0, 32, 0.032) and not is_due(0, 31, 0.032) and is_due(190_000, 200_000, 200)
+    assert not is_due(200_000, 200_032, 200) and is_due(199_990, 200_022, 200)  # a batch that passes the mark
+    # default run of 1000 kimg at batch 32: 250 generator snapshots (5 kept), 5 full ones, one latest state
+    steps = [(n, n + 32) for n in range(0, 1_000_000, 32)]
+    assert sum(is_due(a, b, 4.0) for a, b in steps) == 250 and sum(is_due(a, b, 200.0) for a, b in steps) == 5
+
+
+@pytest.mark.parametrize("arch", ["stylegan2", "stylegan3-t"])
+def test_training_writes_snapshots_and_resumes(tmp_path, arch):
+    g_cfg, d_cfg = configs(arch)
     out = tmp_path / "gan"
-    final = train_gan(images(), spec(), out, train_config(), g_cfg, d_cfg)
+    extra = dict(blur_init_sigma=2.0, style_mixing_prob=0.0, pl_weight=0.0) if arch == "stylegan3-t" else {}
+    final = train_gan(images(), spec(), out, train_config(full_snapshot_kimg=0.032, **extra), g_cfg, d_cfg)
     assert final.name == "network-snapshot-000000032.pt"
-    assert sorted(p.name for p in out.glob("*.pt")) == ["network-snapshot-000000016.pt", final.name]
+    assert sorted(p.name for p in out.glob("*.pt")) == ["full-snapshot-000000032.pt", "latest-state.pt",
+                                                       "network-snapshot-000000016.pt", final.name]
     assert (out / "samples-000000032.png").is_file() and (out / "reals.png").is_file()
     assert not list(out.glob(".*"))  # no temporary files left behind
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
-    assert [r["kimg"] for r in log] == [0.016, 0.032]
-    ckpt = load_checkpoint(final)
-    assert ckpt["cur_nimg"] == 32 and ckpt["step_index"] == 4
-    assert ckpt["augment_p"] > 0  # ada_kimg 0.1 and a tiny D that overfits at once: p must have moved
-    g_ema = generator_from_checkpoint(ckpt)
-    assert not torch.equal(g_ema.state_dict()["blocks.0.const"], ckpt["G"]["blocks.0.const"])
+    assert [r["kimg"] for r in log] == [0.016, 0.032] and all(np.isfinite(r["loss_G"]) for r in log)
+    snapshot = load_checkpoint(final)
+    assert snapshot["arch"] == arch and "G" not in snapshot and "opt_D" not in snapshot  # generator only
+    state = load_checkpoint(resume_checkpoint(out))
+    assert resume_checkpoint(out).name == "latest-state.pt"
+    assert state["cur_nimg"] == 32 and state["step_index"] == 4
+    assert state["augment_p"] == pytest.approx(log[-1]["augment_p"])
+    if arch == "stylegan2":  # ada_kimg 0.1 and a tiny D that overfits at once: p must have moved
+        assert state["augment_p"] > 0
+    g_ema = generator_from_checkpoint(snapshot)
+    assert isinstance(g_ema, StyleGAN3Generator) == (arch == "stylegan3-t")
+    changed = [k for k, v in g_ema.state_dict().items() if not torch.equal(v, state["G"][k])]
+    assert changed  # the EMA generator is not the trained one
+    with pytest.raises(UserError, match="generator only"):
+        train_gan(images(), spec(), out, train_config(kimg=0.048), g_cfg, d_cfg, resume=final)
     resumed = train_gan(images(), spec(), out, train_config(kimg=0.048, keep_snapshots=2), g_cfg, d_cfg,
-                        resume=final)
-    ckpt2 = load_checkpoint(resumed)
-    assert ckpt2["cur_nimg"] == 48 and ckpt2["step_index"] == 6
-    assert sorted(p.name for p in out.glob("*.pt")) == [final.name, "network-snapshot-000000048.pt"]
+                        resume=resume_checkpoint(out))
+    assert load_checkpoint(resumed)["cur_nimg"] == 48 and load_checkpoint(out / "latest-state.pt")["step_index"] == 6
+    assert sorted(p.name for p in out.glob("network-snapshot-*.pt")) == [final.name, "network-snapshot-000000048.pt"]
 
 
 def test_load_checkpoint_rejects_other_files(tmp_path):
@@ -133,7 +159,7 @@ def test_two_processes_average_gradients_and_stay_identical(tmp_path):
         for key in r0[name]:
             torch.testing.assert_close(r0[name][key], r1[name][key], msg=f"{name}.{key} differs between ranks")
     assert r0["p"] == r1["p"]
-    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["network-snapshot-000000016.pt",
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["latest-state.pt", "network-snapshot-000000016.pt",
                                                            "network-snapshot-000000024.pt", "rank0.pt", "rank1.pt"]
 
 

@@ -47,14 +47,17 @@ class AugmentConfig:
     saturation_std: float = 1.0
 
 
-def ada_p_update(p: float, rt: float, target: float, num_images: int, ada_kimg: float) -> float:
-    """ADA Sec. 3: p <- clip(p + sign(r_t - target) * num_images / (ada_kimg * 1000), 0, 1).
+def ada_p_update(p: torch.Tensor | float, rt: torch.Tensor | float, target: float,
+                 num_images: torch.Tensor | int, ada_kimg: float) -> torch.Tensor:
+    """ADA Sec. 3: p <- clip(p + sign(r_t - target) * num_images / (ada_kimg * 1000), 0, 1), as a tensor on the
+    device of ``p`` (no host sync).
 
     ``num_images`` is the number of real images seen since the last update, so p can move from 0 to 1 within
     ``ada_kimg`` thousand images.
     """
-    step = math.copysign(num_images / (ada_kimg * 1000.0), rt - target) if rt != target else 0.0
-    return min(max(p + step, 0.0), 1.0)
+    p = torch.as_tensor(p, dtype=torch.float32)
+    step = torch.sign(torch.as_tensor(rt, device=p.device) - target) * num_images / (ada_kimg * 1000.0)
+    return (p + step).clamp(0.0, 1.0)
 
 
 def _apply_with_probability(values: torch.Tensor, identity: float, probability: float) -> torch.Tensor:
@@ -90,9 +93,15 @@ class AdaptiveAugment(nn.Module):
         self.cfg = cfg or AugmentConfig()
         self.rgb = rgb
         self.register_buffer("p", torch.zeros([]))
+        self.p_host = 0.0  # host copy of p, refreshed by set_p: forward needs no device sync
+
+    def set_p(self, p: torch.Tensor | float) -> None:
+        """Set p (the buffer and its host copy; one device sync)."""
+        self.p.copy_(torch.as_tensor(p))
+        self.p_host = float(self.p)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        p = float(self.p)
+        p = self.p_host
         if p <= 0.0:
             return images
         images = self._geometric(images, p)

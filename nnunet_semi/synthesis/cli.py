@@ -1,4 +1,5 @@
-"""``nnunet-semi train-gan``, ``synthesize`` and ``fid``: class-specific StyleGAN2-ADA generators for raw datasets."""
+"""``nnunet-semi train-gan``, ``synthesize`` and ``fid``: class-specific StyleGAN2-ADA / StyleGAN3-T generators for
+raw datasets."""
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,24 @@ from nnunet_semi.synthesis.fid_report import (
     write_report,
 )
 from nnunet_semi.synthesis.generators import load_generators
-from nnunet_semi.synthesis.networks import DiscriminatorConfig, GeneratorConfig
+from nnunet_semi.synthesis.networks import DiscriminatorConfig
 from nnunet_semi.synthesis.synthesize import counts_per_class, synthesize, synthetic_counts
-from nnunet_semi.synthesis.training import TrainConfig, latest_checkpoint, load_checkpoint, train_gan
+from nnunet_semi.synthesis.training import (
+    ARCHITECTURES,
+    TrainConfig,
+    generator_config,
+    load_checkpoint,
+    resume_checkpoint,
+    train_gan,
+)
+
+# Defaults that differ between the architectures' official configurations (StyleGAN2-ADA "auto" / StyleGAN3-T).
+ARCH_DEFAULTS = {
+    "stylegan2": {"pl_weight": 2.0, "style_mixing_prob": 0.9, "blur_init_sigma": 0.0, "d_lr": None,
+                  "channel_base": 16384},
+    "stylegan3-t": {"pl_weight": 0.0, "style_mixing_prob": 0.0, "blur_init_sigma": 10.0, "d_lr": 0.002,
+                    "channel_base": 32768},
+}
 from nnunet_semi.synthesis.writer import MANIFEST_NAME, InPlaceTarget, NewDatasetTarget, read_synthesis_manifest
 
 
@@ -50,25 +66,32 @@ def class_folders(classes: list[str], output: Path) -> dict[str, Path]:
 def run_train_gan(args: argparse.Namespace) -> int:
     name = raw.resolve_dataset(args.dataset)
     device = resolve_device(args.device, args.gpus)
-    if args.batch < 1 or args.kimg <= 0 or args.snapshot_kimg <= 0 or args.keep_snapshots < 1:
-        raise UserError("--batch, --kimg, --snapshot-kimg and --keep-snapshots must be positive.")
-    if args.pl_weight < 0:
-        raise UserError(f"--pl-weight must be >= 0 (0 switches the path-length regulariser off); got {args.pl_weight}.")
+    if (args.batch < 1 or args.kimg <= 0 or args.snapshot_kimg <= 0 or args.full_snapshot_kimg <= 0
+            or args.keep_snapshots < 1):
+        raise UserError("--batch, --kimg, --snapshot-kimg, --full-snapshot-kimg and --keep-snapshots must be "
+                        "positive.")
+    defaults = ARCH_DEFAULTS[args.arch]
+    pl_weight = defaults["pl_weight"] if args.pl_weight is None else args.pl_weight
+    if pl_weight < 0:
+        raise UserError(f"--pl-weight must be >= 0 (0 switches the path-length regulariser off); got {pl_weight}.")
+    channel_base = args.channel_base or defaults["channel_base"]
     classes = assign_classes(name, args.classes, labeled_only=args.labeled_only)
     folders = class_folders(list(classes), Path(args.output))
     resolution = args.resolution or default_resolution(name, [r for refs in classes.values() for r in refs])
     cfg = TrainConfig(kimg=args.kimg, batch_size=args.batch, learning_rate=args.lr, r1_gamma=args.gamma,
                       augment=not args.no_ada, ada_target=args.ada_target, ada_kimg=args.ada_kimg,
-                      mirror=args.mirror, snapshot_kimg=args.snapshot_kimg, keep_snapshots=args.keep_snapshots,
-                      seed=args.seed, mixed_precision=not args.no_amp, ema_kimg=args.ema_kimg,
-                      pl_weight=args.pl_weight)
-    occupied = [str(f) for f in folders.values() if f.is_dir() and latest_checkpoint(f) is not None]
+                      mirror=args.mirror, snapshot_kimg=args.snapshot_kimg,
+                      full_snapshot_kimg=args.full_snapshot_kimg, keep_snapshots=args.keep_snapshots,
+                      seed=args.seed, mixed_precision=not args.no_amp, ema_kimg=args.ema_kimg, pl_weight=pl_weight,
+                      style_mixing_prob=defaults["style_mixing_prob"], blur_init_sigma=defaults["blur_init_sigma"],
+                      d_learning_rate=defaults["d_lr"])
+    occupied = [str(f) for f in folders.values() if f.is_dir() and resume_checkpoint(f) is not None]
     if occupied and not args.resume:
         raise UserError(f"{', '.join(occupied)} already hold(s) checkpoints; pass --resume to continue or choose "
                         f"another --output.")
     for class_name, refs in classes.items():
         folder = folders[class_name]
-        resume = latest_checkpoint(folder) if args.resume and folder.is_dir() else None
+        resume = resume_checkpoint(folder) if args.resume and folder.is_dir() else None
         if resume is not None:
             spec = DataSpec.from_dict(load_checkpoint(resume)["data_spec"])
             if spec.dataset != name or spec.class_name != class_name:
@@ -80,11 +103,13 @@ def run_train_gan(args: argparse.Namespace) -> int:
         print(f"class '{class_name}': {len(spec.real_images)} images at {spec.resolution}x{spec.resolution}, "
               f"{spec.channels} channel(s) -> {folder}")
         images = load_images(spec)
-        g_cfg = GeneratorConfig(resolution=spec.resolution, img_channels=spec.channels, z_dim=args.z_dim,
-                                w_dim=args.z_dim, mapping_layers=args.mapping_layers,
-                                channel_base=args.channel_base, channel_max=args.channel_max)
+        g_fields = dict(resolution=spec.resolution, img_channels=spec.channels, z_dim=args.z_dim, w_dim=args.z_dim,
+                        mapping_layers=args.mapping_layers, channel_base=channel_base, channel_max=args.channel_max)
+        if args.arch == "stylegan3-t":
+            g_fields["magnitude_ema_beta"] = 0.5 ** (args.batch / 20_000)  # half-life of 20 kimg (Appendix F)
+        g_cfg = generator_config(args.arch, g_fields)
         d_cfg = DiscriminatorConfig(resolution=spec.resolution, img_channels=spec.channels,
-                                    channel_base=args.channel_base, channel_max=args.channel_max)
+                                    channel_base=channel_base, channel_max=args.channel_max)
         final = train_gan(images, spec, folder, cfg, g_cfg, d_cfg, AugmentConfig(), device=device,
                           world_size=args.gpus, resume=resume)
         print(f"class '{class_name}': final checkpoint {final}")
@@ -93,10 +118,11 @@ def run_train_gan(args: argparse.Namespace) -> int:
 
 def add_train_gan_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "train-gan", help="train one StyleGAN2-ADA generator per image class of a raw dataset",
-        description="Train class-specific StyleGAN2-ADA generators on the real training images of an nnU-Net raw "
-                    "dataset (2D images, or 2D slices of 3D cases along nnU-Net's 2d slicing axis). Writes "
-                    "OUTPUT/<class>/network-snapshot-*.pt, sample grids and training_log.jsonl.")
+        "train-gan", help="train one StyleGAN2-ADA or StyleGAN3-T generator per image class of a raw dataset",
+        description="Train class-specific StyleGAN2-ADA or StyleGAN3-T (--arch) generators on the real training "
+                    "images of an nnU-Net raw dataset (2D images, or 2D slices of 3D cases along nnU-Net's 2d "
+                    "slicing axis). Writes OUTPUT/<class>/network-snapshot-*.pt (generator only), latest-state.pt "
+                    "(for --resume), full-snapshot-*.pt, sample grids and training_log.jsonl.")
     p.add_argument("dataset", help="raw dataset id or name, e.g. 900 or Dataset900_Kvasir64")
     p.add_argument("-o", "--output", required=True, help="folder for the generators (one subfolder per class)")
     p.add_argument("--classes", default="all",
@@ -106,24 +132,31 @@ def add_train_gan_parser(subparsers) -> None:
     p.add_argument("--resolution", type=int, default=None,
                    help="square training size, power of two (default: nearest to the median image size, 64..512)")
     p.add_argument("--fit", default="resize", help="non-square images: 'resize' (default) or 'pad'")
+    p.add_argument("--arch", default="stylegan2", choices=list(ARCHITECTURES),
+                   help="generator: stylegan2 (default) or stylegan3-t (alias-free, SSGNet's; no path-length "
+                        "regulariser or style mixing, discriminator blur over the first 200 kimg, D lr 0.002)")
     p.add_argument("--kimg", type=float, default=1000.0, help="thousands of real images to show D (default 1000)")
     p.add_argument("--batch", type=int, default=32, help="total batch size over all GPUs (default 32)")
     p.add_argument("--lr", type=float, default=0.0025, help="Adam learning rate of G and D (default 0.0025)")
     p.add_argument("--gamma", type=float, default=None,
                    help="R1 weight (default 0.0002 * resolution^2 / batch, StyleGAN2-ADA's heuristic)")
-    p.add_argument("--pl-weight", type=float, default=2.0,
+    p.add_argument("--pl-weight", type=float, default=None,
                    help="weight of StyleGAN2's path-length regulariser, applied every 4 steps on half the batch "
-                        "(default 2, the official configuration; 0 switches it off)")
+                        "(default: 2 for stylegan2, 0 for stylegan3-t, the official configurations; 0 is off)")
     p.add_argument("--mirror", action="store_true", help="random horizontal flips of the real images")
     p.add_argument("--no-ada", action="store_true", help="disable adaptive discriminator augmentation")
     p.add_argument("--ada-target", type=float, default=0.6, help="ADA target for E[sign(D(real))] (default 0.6)")
     p.add_argument("--ada-kimg", type=float, default=500.0,
                    help="ADA speed: kimg for p to go from 0 to 1 (default 500; use ~100 for short runs)")
     p.add_argument("--ema-kimg", type=float, default=10.0, help="half-life of the generator EMA in kimg")
-    p.add_argument("--snapshot-kimg", type=float, default=4.0, help="checkpoint and sample grid every N kimg")
-    p.add_argument("--keep-snapshots", type=int, default=5, help="number of checkpoints kept per class")
-    p.add_argument("--channel-base", type=int, default=16384,
-                   help="feature maps at resolution r: min(channel_base / r, channel_max) (default 16384)")
+    p.add_argument("--snapshot-kimg", type=float, default=4.0,
+                   help="every N kimg: generator snapshot, latest-state.pt, sample grid, log line (default 4)")
+    p.add_argument("--full-snapshot-kimg", type=float, default=200.0,
+                   help="every N kimg a kept full-snapshot-*.pt with D and the optimisers (default 200)")
+    p.add_argument("--keep-snapshots", type=int, default=5, help="number of generator snapshots kept per class")
+    p.add_argument("--channel-base", type=int, default=None,
+                   help="feature maps: min(channel_base / r, channel_max) at resolution r for stylegan2 (default "
+                        "16384), min(channel_base / 2 / cutoff, channel_max) for stylegan3-t (default 32768)")
     p.add_argument("--channel-max", type=int, default=512, help="maximum feature maps (default 512)")
     p.add_argument("--z-dim", type=int, default=512, help="latent and style dimension (default 512)")
     p.add_argument("--mapping-layers", type=int, default=2, help="mapping network depth (default 2)")

@@ -11,6 +11,11 @@ Every image is made square and brought to the generator resolution:
   and are written with the real data's median field of view, i.e. an anisotropic pixel spacing for NIfTI);
 * ``fit="pad"`` pads the shorter axis symmetrically with the channel's low intensity (black), then resizes.
 
+Generated images go back at the real images' median in-plane size (``output_size``), undoing ``fit`` (a bilinear
+resize, or for ``pad`` a resize to the longer side and a centre crop), so that synthetic PNG cases are as large as
+real ones (PNG carries no spacing that could make up for a smaller image). NIfTI-like files keep the generator's
+grid and get the spacing that covers the median field of view instead.
+
 Intensities are mapped channel-wise from ``[lo, hi]`` to [-1, 1] and held in memory as 8 bits, like the PNG data
 sets StyleGAN is trained on: 0..255 for natural 8-bit images, otherwise the 0.5 / 99.5 percentiles of the data.
 The same ``DataSpec`` (stored in every checkpoint) maps generated images back to the dataset's intensities.
@@ -61,6 +66,7 @@ class DataSpec:
     spacing: list[float]
     natural_image: bool
     real_images: list[list] = field(default_factory=list)
+    output_size: list[int] | None = None  # median in-plane [H, W] of the real images; None in older checkpoints
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +132,17 @@ def fit_square(images: torch.Tensor, resolution: int, fit: str, pad_values: torc
                          antialias=True)
 
 
+def to_real_size(images: torch.Tensor, size: list[int], fit: str) -> torch.Tensor:
+    """Undo :func:`fit_square`: [N, C, R, R] -> [N, C, H, W] with (H, W) = ``size``."""
+    h, w = size
+    if fit == "pad":
+        side = max(h, w)
+        images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        top, left = (side - h) // 2, (side - w) // 2
+        return images[:, :, top:top + h, left:left + w]
+    return F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+
+
 def to_uint8(images: torch.Tensor, ranges: list[list[float]]) -> torch.Tensor:
     lo = torch.tensor([r[0] for r in ranges], dtype=images.dtype)[None, :, None, None]
     hi = torch.tensor([r[1] for r in ranges], dtype=images.dtype)[None, :, None, None]
@@ -158,24 +175,40 @@ def intensity_ranges(rw: BaseReaderWriter, cases: dict[str, dict]) -> tuple[list
     return ranges, False
 
 
-def generated_spacing(rw: BaseReaderWriter, cases: dict[str, dict], slice_axis: int, resolution: int,
-                      fit: str) -> list[float]:
-    """Spacing (nnU-Net array order) for generated slices that cover the real data's median field of view."""
+def median_geometry(rw: BaseReaderWriter, cases: dict[str, dict],
+                    slice_axis: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Median spacing and shape (nnU-Net array order) of up to 50 cases, and the in-plane axes."""
     sample = list(cases.values())[:MAX_CASES_FOR_PERCENTILES]
     spacings, shapes = [], []
     for v in sample:
         seg, props = rw.read_seg(v["label"])
         spacings.append(props["spacing"])
         shapes.append(seg.shape[1:])
-    spacing = np.median(np.array(spacings, dtype=float), axis=0)
-    shape = np.median(np.array(shapes, dtype=float), axis=0)
     in_plane = [a for a in range(3) if a != slice_axis]
+    return np.median(np.array(spacings, dtype=float), axis=0), np.median(np.array(shapes, dtype=float), axis=0), in_plane
+
+
+def generated_spacing(rw: BaseReaderWriter, cases: dict[str, dict], slice_axis: int, resolution: int,
+                      fit: str) -> list[float]:
+    """Spacing (nnU-Net array order) for generated slices that cover the real data's median field of view."""
+    spacing, shape, in_plane = median_geometry(rw, cases, slice_axis)
     extent = shape[in_plane] * spacing[in_plane]
     if fit == "pad":
         extent = np.full(2, extent.max())
     out = spacing.copy()
     out[in_plane] = extent / resolution
     return [float(s) for s in out]
+
+
+def typical_size(spec: DataSpec) -> list[int]:
+    """The median in-plane size [H, W] of the real images of ``spec`` (its ``output_size``)."""
+    rw, cases = dataset_reader(spec.dataset)
+    used = {r.case: cases[r.case] for r in spec.refs if r.case in cases}
+    if not used:
+        raise UserError(f"None of the real images of class '{spec.class_name}' are in {spec.dataset} any more; "
+                        f"cannot tell the size to write synthetic images at.")
+    _, shape, in_plane = median_geometry(rw, used, spec.slice_axis)
+    return [int(round(shape[a])) for a in in_plane]
 
 
 def default_resolution(name: str, refs: list[ImageRef]) -> int:
@@ -196,10 +229,12 @@ def build_spec(name: str, class_name: str, refs: list[ImageRef], resolution: int
     used = {r.case: cases[r.case] for r in refs}
     ranges, natural = intensity_ranges(rw, used)
     axis = slice_axis_for(name, rw, cases)
+    _, shape, in_plane = median_geometry(rw, used, axis)
     return DataSpec(dataset=name, class_name=class_name, resolution=resolution, channels=len(ranges),
                     rgb=natural and len(ranges) == 3, fit=fit, slice_axis=axis, intensity_ranges=ranges,
                     spacing=generated_spacing(rw, used, axis, resolution, fit), natural_image=natural,
-                    real_images=[[str(r.case), int(r.slice_index)] for r in refs])
+                    real_images=[[str(r.case), int(r.slice_index)] for r in refs],
+                    output_size=[int(round(shape[a])) for a in in_plane])
 
 
 def load_images(spec: DataSpec, refs: list[ImageRef] | None = None, progress: bool = True,

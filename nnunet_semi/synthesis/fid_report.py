@@ -19,7 +19,7 @@ from nnunet_semi.errors import UserError
 from nnunet_semi.planners import raw
 from nnunet_semi.synthesis.classes import assign_classes
 from nnunet_semi.synthesis.data import DataSpec, ImageRef, build_spec, dataset_reader, default_resolution, load_images
-from nnunet_semi.synthesis.fid import FidNetwork, frechet_distance, inception_features
+from nnunet_semi.synthesis.fid import FidNetwork, cached_inception_features, frechet_distance, inception_features
 from nnunet_semi.synthesis.grid import save_comparison_grid
 from nnunet_semi.synthesis.writer import read_synthesis_manifest
 
@@ -124,7 +124,8 @@ def fid_report(pairs: Pairs, network: FidNetwork, real_desc: str, synthetic_desc
     """FID per class (when several) and over all classes together, with set sizes and the weights used."""
     features = {}
     for class_name, (real_images, synth_images) in pairs.items():
-        features[class_name] = (inception_features(network, real_images, batch_size, device, f"real {class_name}"),
+        features[class_name] = (cached_inception_features(network, real_images, batch_size, device,
+                                                          f"real {class_name}"),
                                 inception_features(network, synth_images, batch_size, device,
                                                    f"synthetic {class_name}"))
     all_real = np.concatenate([f[0] for f in features.values()])

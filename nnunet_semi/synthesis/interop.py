@@ -40,7 +40,13 @@ def load_official_generator(pickle_path: Path, repo: Path) -> torch.nn.Module:
     add_repo_to_path(repo.resolve())
     try:
         data = _read_network_pickle(pickle_path, repo)
-    except (pickle.UnpicklingError, ModuleNotFoundError, AttributeError, EOFError) as e:
+    except ModuleNotFoundError as e:
+        if e.name == "pkg_resources":  # the official ops import parse_version from it; setuptools >= 81 dropped it
+            raise UserError(f"The StyleGAN code in {repo} imports pkg_resources, which setuptools 81 and later no "
+                            f"longer provide: pip install 'setuptools<81' in this environment.") from None
+        raise UserError(f"Cannot read {pickle_path} with the code in {repo} (ModuleNotFoundError: {e}). Install "
+                        f"the packages that code needs.") from None
+    except (pickle.UnpicklingError, AttributeError, EOFError) as e:
         raise UserError(f"Cannot read {pickle_path} with the code in {repo} ({type(e).__name__}: {e}). Is it a "
                         f"network pickle of that StyleGAN version?") from None
     generator = data.get("G_ema") if isinstance(data, dict) else None

@@ -87,21 +87,25 @@ class ModulatedConv2d(nn.Module):
     """Convolution whose input channels are scaled by styles from w, optionally demodulated (StyleGAN2 Sec. 2.2)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, w_dim: int, demodulate: bool = True,
-                 up: bool = False):
+                 up: bool = False, padding: int | None = None):
         super().__init__()
         self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
         self.demodulate = demodulate
         self.up = up
+        self.padding = kernel_size // 2 if padding is None else padding
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, input_gain: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N, in, H, W], w [N, w_dim]; ``input_gain`` (a scalar) scales x after demodulation (StyleGAN3)."""
         styles = self.affine(w)
         weight = self.weight * self.weight_gain
         x = x * styles[:, :, None, None]  # StyleGAN2 Eq. 1: w'_ijk = s_i * w_ijk, applied to the activations
+        if input_gain is not None:
+            x = x * input_gain
         if self.up:
             x = upsample2d(x)
-        x = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
+        x = F.conv2d(x, weight, padding=self.padding)
         if self.demodulate:
             # StyleGAN2 Eq. 3: w''_ijk = w'_ijk / sqrt(sum_{i,k} w'_ijk^2 + eps), applied to the outputs
             sigma_inv = torch.rsqrt(styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8)
@@ -201,8 +205,13 @@ class MappingNetwork(nn.Module):
         return x
 
 
-class Generator(nn.Module):
-    """StyleGAN2 generator: ``G(z) -> images`` of shape [N, img_channels, resolution, resolution], about [-1, 1]."""
+class StyleGenerator(nn.Module):
+    """What StyleGAN2 and StyleGAN3 generators share: the mapping network and ``G(z) = synthesize(map(z))``.
+
+    Subclasses set ``num_ws`` and implement ``synthesize(ws, noise_mode, noise, update_emas)`` and ``seeded_noise``.
+    """
+
+    num_ws: int
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
@@ -212,6 +221,22 @@ class Generator(nn.Module):
         self.img_resolution = cfg.resolution
         self.img_channels = cfg.img_channels
         self.mapping = MappingNetwork(cfg)
+
+    def map(self, z: torch.Tensor, truncation_psi: float = 1.0, update_w_avg: bool = False) -> torch.Tensor:
+        """z [N, z_dim] -> ws [N, num_ws, w_dim] (the same w broadcast to every layer)."""
+        w = self.mapping(z, truncation_psi, update_w_avg)
+        return w[:, None].expand(-1, self.num_ws, -1)
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "random",
+                noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.synthesize(self.map(z, truncation_psi), noise_mode, noise)
+
+
+class Generator(StyleGenerator):
+    """StyleGAN2 generator: ``G(z) -> images`` of shape [N, img_channels, resolution, resolution], about [-1, 1]."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__(cfg)
         blocks = []
         in_channels = 0
         for log2_res in range(2, int(math.log2(cfg.resolution)) + 1):
@@ -222,11 +247,6 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.num_ws = sum(block.num_ws for block in self.blocks)
 
-    def map(self, z: torch.Tensor, truncation_psi: float = 1.0, update_w_avg: bool = False) -> torch.Tensor:
-        """z [N, z_dim] -> ws [N, num_ws, w_dim] (the same w broadcast to every layer)."""
-        w = self.mapping(z, truncation_psi, update_w_avg)
-        return w[:, None].expand(-1, self.num_ws, -1)
-
     def seeded_noise(self, seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Tensor]:
         """Noise inputs of every layer, image i drawn from its own seed: reproducible whatever the batch."""
         resolutions = [layer.resolution for block in self.blocks for layer in block.layers]
@@ -236,9 +256,10 @@ class Generator(nn.Module):
             per_image.append([torch.randn(1, 1, r, r, generator=rng) for r in resolutions])
         return [torch.cat(layer).to(device) for layer in zip(*per_image)]
 
-    def synthesize(self, ws: torch.Tensor, noise_mode: str = "random", noise: list[torch.Tensor] | None = None
-                   ) -> torch.Tensor:
-        """ws -> images; ``noise`` (one tensor per layer, see :meth:`seeded_noise`) overrides ``noise_mode``."""
+    def synthesize(self, ws: torch.Tensor, noise_mode: str = "random", noise: list[torch.Tensor] | None = None,
+                   update_emas: bool = False) -> torch.Tensor:
+        """ws -> images; ``noise`` (one tensor per layer, see :meth:`seeded_noise`) overrides ``noise_mode``.
+        StyleGAN2 has no moving averages in the synthesis network; ``update_emas`` is accepted and unused."""
         x = img = None
         start = 0
         for block in self.blocks:
@@ -246,10 +267,6 @@ class Generator(nn.Module):
             x, img = block(x, img, ws[:, start:start + block.num_ws], noise_mode, block_noise)
             start += block.num_ws
         return img
-
-    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "random",
-                noise: list[torch.Tensor] | None = None) -> torch.Tensor:
-        return self.synthesize(self.map(z, truncation_psi), noise_mode, noise)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from nnunet_semi.errors import UserError
 from nnunet_semi.planners import raw
 from nnunet_semi.synthesis.classes import class_slug
+from nnunet_semi.synthesis.data import typical_size
 from nnunet_semi.synthesis.generators import ClassGenerator
 from nnunet_semi.synthesis.writer import CaseFileWriter, InPlaceTarget, NewDatasetTarget, next_case_index
 
@@ -142,6 +143,8 @@ def case_writer(target: InPlaceTarget | NewDatasetTarget, generators: list[Class
     writer = CaseFileWriter(target.dataset_json, example, raw.ignore_label_value(target.dataset_json["labels"]))
     for g in generators:
         writer.check_compatible(g.spec)
+        if g.spec.output_size is None:  # generators trained before specs recorded it
+            g.spec.output_size = typical_size(g.spec)
     return writer
 
 

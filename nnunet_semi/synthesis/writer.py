@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from skimage import io
 
 from nnunet_semi.errors import UserError
 from nnunet_semi.planners import raw
-from nnunet_semi.synthesis.data import DataSpec, from_unit_range
+from nnunet_semi.synthesis.data import DataSpec, from_unit_range, to_real_size
 from nnunet_semi.files import write_atomic
 
 MANIFEST_NAME = "synthesis_manifest.json"
@@ -83,7 +84,10 @@ class CaseFileWriter:
                             f"have {self.num_files} image file(s).")
 
     def write(self, folder: Path, case: str, images: np.ndarray, spec: DataSpec) -> None:
-        """``images``: generator output [C, R, R] in [-1, 1]; mapped back to the dataset's intensities."""
+        """``images``: generator output [C, R, R] in [-1, 1]; mapped back to the dataset's intensities, and for
+        natural-image files to the real images' size (``spec.output_size``)."""
+        if isinstance(self.rw, NaturalImage2DIO):
+            images = to_real_size(torch.from_numpy(images[None]), spec.output_size, spec.fit)[0].numpy()
         values = from_unit_range(images[None], spec.intensity_ranges)[0]
         label_path = str(folder / "labelsTr" / f"{case}{self.ending}")
         if isinstance(self.rw, NaturalImage2DIO):
