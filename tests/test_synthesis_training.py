@@ -129,14 +129,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
+def _two_rank_worker(rank: int, port: int, out_dir: str, arch: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         module = torch.nn.Linear(2, 1)
         module.weight.grad = torch.full_like(module.weight, float(rank + 1))  # rank 0: 1, rank 1: 2
         module.bias.grad = None  # a parameter without gradient on this rank counts as zero
         all_reduce_gradients(module, 2)
-        g_cfg, d_cfg = configs()
+        g_cfg, d_cfg = configs(arch)
         trainer = GanTrainer(images(), spec(), __import__("pathlib").Path(out_dir), train_config(kimg=0.024), g_cfg,
                              d_cfg, AugmentConfig(), torch.device("cpu"), rank=rank, world_size=2)
         trainer.broadcast_parameters()
@@ -148,9 +148,11 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_processes_average_gradients_and_stay_identical(tmp_path):
-    """torch.distributed with gloo on CPU: different real images per rank, yet identical networks."""
-    mp.spawn(_two_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("arch", ["stylegan2", "stylegan3-t"])
+def test_two_processes_average_gradients_and_stay_identical(tmp_path, arch):
+    """torch.distributed with gloo on CPU: different real images per rank, yet identical networks, buffers included
+    (the mean w; StyleGAN3's input-magnitude averages)."""
+    mp.spawn(_two_rank_worker, args=(_free_port(), str(tmp_path), arch), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for r in (r0, r1):
         torch.testing.assert_close(r["weight_grad"], torch.full((1, 2), 1.5))
