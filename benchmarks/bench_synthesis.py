@@ -2,7 +2,7 @@
 
 Self-contained (random 8-bit images, a throw-away raw dataset in a temporary folder):
 
-* ``train``: full StyleGAN2-ADA iterations (G step, D step with R1 every 16 steps, EMA, ADA) at a fixed ADA p,
+* ``train``: full StyleGAN2-ADA (or ``--arch stylegan3-t``) iterations (G step, D step with R1 every 16 steps, EMA, ADA) at a fixed ADA p,
   timed after warm-up; reported as real images shown to D per second (the "kimg" unit of training);
 * ``generate``: EMA-generator forward passes with constant noise, images per second;
 * ``synthesize``: generation plus writing PNG cases (image + ignore label) into a raw dataset, images per second;
@@ -10,6 +10,7 @@ Self-contained (random 8-bit images, a throw-away raw dataset in a temporary fol
 
     python benchmarks/bench_synthesis.py                     # the CPU Kvasir configuration (64 px, small widths)
     python benchmarks/bench_synthesis.py --channel-base 16384 --channel-max 512 --device cuda   # paper widths
+    python benchmarks/bench_synthesis.py --arch stylegan3-t  # same widths' cap, StyleGAN3-T's schedule
 
 Prints a table and writes it as JSON to ``--output`` (default benchmarks/results/synthesis.json).
 """
@@ -44,13 +45,17 @@ def timed(fn, repeats: int, warmup: int) -> float:
 
 def bench_training(args, g_cfg, d_cfg, spec) -> float:
     from nnunet_semi.synthesis.augment import AugmentConfig
+    from nnunet_semi.synthesis.cli import ARCH_DEFAULTS
     from nnunet_semi.synthesis.training import GanTrainer, TrainConfig
 
     images = np.random.default_rng(0).integers(0, 256, (256, 3, args.resolution, args.resolution), dtype=np.uint8)
-    cfg = TrainConfig(batch_size=args.batch, augment=False, mixed_precision=not args.no_amp)
+    defaults = ARCH_DEFAULTS[args.arch]
+    cfg = TrainConfig(batch_size=args.batch, augment=False, mixed_precision=not args.no_amp,
+                      pl_weight=defaults["pl_weight"], style_mixing_prob=defaults["style_mixing_prob"],
+                      blur_init_sigma=defaults["blur_init_sigma"])
     trainer = GanTrainer(images, spec, Path(tempfile.gettempdir()), cfg, g_cfg, d_cfg, AugmentConfig(),
                          torch.device(args.device))
-    trainer.augment.p.fill_(args.ada_p)
+    trainer.augment.set_p(args.ada_p)
 
     def iteration():
         trainer.generator_step()
@@ -108,6 +113,7 @@ def bench_fid(args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="stylegan2", choices=["stylegan2", "stylegan3-t"])
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--channel-base", type=int, default=2048)
     parser.add_argument("--channel-max", type=int, default=256)
@@ -126,17 +132,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from nnunet_semi.synthesis.data import DataSpec
-    from nnunet_semi.synthesis.networks import DiscriminatorConfig, Generator, GeneratorConfig
+    from nnunet_semi.synthesis.networks import DiscriminatorConfig
+    from nnunet_semi.synthesis.training import build_generator, generator_config
 
-    g_cfg = GeneratorConfig(resolution=args.resolution, img_channels=3, z_dim=args.z_dim, w_dim=args.z_dim,
-                            channel_base=args.channel_base, channel_max=args.channel_max)
+    g_cfg = generator_config(args.arch, dict(resolution=args.resolution, img_channels=3, z_dim=args.z_dim,
+                                             w_dim=args.z_dim, channel_base=args.channel_base,
+                                             channel_max=args.channel_max))
     d_cfg = DiscriminatorConfig(resolution=args.resolution, img_channels=3, channel_base=args.channel_base,
                                 channel_max=args.channel_max)
     spec = DataSpec(dataset="Dataset999_Bench", class_name="all", resolution=args.resolution, channels=3, rgb=True,
                     fit="resize", slice_axis=0, intensity_ranges=[[0.0, 255.0]] * 3, spacing=[999.0, 1.0, 1.0],
-                    natural_image=True)
-    generator = Generator(g_cfg).to(args.device).eval()
+                    natural_image=True, output_size=[args.resolution, args.resolution])
+    generator = build_generator(g_cfg).to(args.device).eval()
     results = {"device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or 'unknown'})",
+               "arch": args.arch,
                "threads": args.threads, "resolution": args.resolution, "channel_base": args.channel_base,
                "channel_max": args.channel_max, "batch": args.batch,
                "generator_parameters": sum(p.numel() for p in generator.parameters()),
