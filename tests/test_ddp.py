@@ -6,6 +6,8 @@ over workers.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -185,6 +187,9 @@ def _pseudo_label_worker(rank: int, world_size: int, init_file: str, folder: str
     from nnunet_semi.components.pseudo_label_rounds import PseudoLabelStore, write_missing_pseudo_labels
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     store = PseudoLabelStore(folder)
+    if rank == 1:  # a slow rank that looks only after rank 0 has begun writing must still split the same list
+        listing = store.missing
+        store.missing = lambda keys: (time.sleep(1.0), listing(keys))[1]
     keys = [f"case{i}" for i in range(7)]
     made = write_missing_pseudo_labels(store, keys, lambda key: (np.full((1, 2, 2), rank, np.uint8), {}, 1.0))
     results[rank] = {"made": made, "missing_after": store.missing(keys)}

@@ -116,14 +116,15 @@ def pseudo_label(logits: torch.Tensor, label_manager: LabelManager, voxel_thresh
 def write_missing_pseudo_labels(store: PseudoLabelStore, keys: list[str],
                                 make: Callable[[str], tuple[np.ndarray, dict, float]]) -> list[str]:
     """Write the pseudo-label ``make(key)`` (segmentation, class locations, mean confidence) of every key without
-    one. Under DDP each rank makes every world_size-th of them and all ranks return once every key has one (the
-    missing keys are listed after a first barrier, so all ranks split the same list). Returns the keys this rank
-    made."""
+    one. Under DDP each rank makes every world_size-th of them and all ranks return once every key has one (rank 0
+    lists the missing keys and broadcasts the list, so all ranks split the same list even when one rank starts
+    writing before another has looked). Returns the keys this rank made."""
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    missing = [store.missing(keys) if rank == 0 else None]
     if distributed:
-        dist.barrier()
-    mine = store.missing(keys)[rank::world_size]
+        dist.broadcast_object_list(missing, src=0)
+    mine = missing[0][rank::world_size]
     for key in tqdm(mine, desc="pseudo-labels", unit="case", disable=rank != 0):
         store.write(key, *make(key))
     if distributed:
