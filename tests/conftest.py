@@ -38,3 +38,19 @@ def tiny_kl_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("vae") / "tiny_kl"
     vae.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def toy_2d(tmp_path_factory):
+    """The planned 2d toy workspace (Dataset502_ToySemi6 and its twins), built once per test process."""
+    from e2e_support import build_toy_2d
+
+    return build_toy_2d(tmp_path_factory.mktemp("e2e_2d"))
+
+
+@pytest.fixture(scope="session")
+def toy_3d(tmp_path_factory):
+    """The planned 3d_fullres toy workspace (Dataset512_Toy3DSemi3), built once per test process."""
+    from e2e_support import build_toy_3d
+
+    return build_toy_3d(tmp_path_factory.mktemp("e2e_3d"))

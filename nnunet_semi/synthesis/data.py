@@ -185,7 +185,8 @@ def median_geometry(rw: BaseReaderWriter, cases: dict[str, dict],
         spacings.append(props["spacing"])
         shapes.append(seg.shape[1:])
     in_plane = [a for a in range(3) if a != slice_axis]
-    return np.median(np.array(spacings, dtype=float), axis=0), np.median(np.array(shapes, dtype=float), axis=0), in_plane
+    spacing, shape = (np.median(np.array(v, dtype=float), axis=0) for v in (spacings, shapes))
+    return spacing, shape, in_plane
 
 
 def generated_spacing(rw: BaseReaderWriter, cases: dict[str, dict], slice_axis: int, resolution: int,
