@@ -175,24 +175,35 @@ def intensity_ranges(rw: BaseReaderWriter, cases: dict[str, dict]) -> tuple[list
     return ranges, False
 
 
-def median_geometry(rw: BaseReaderWriter, cases: dict[str, dict],
-                    slice_axis: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Median spacing and shape (nnU-Net array order) of up to 50 cases, and the in-plane axes."""
+@dataclass
+class MedianGeometry:
+    """Median spacing and shape (nnU-Net array order) of a class's real cases, and the in-plane axes."""
+
+    spacing: np.ndarray
+    shape: np.ndarray
+    in_plane: list[int]
+
+    @property
+    def in_plane_size(self) -> list[int]:
+        """The median in-plane size [H, W] (a spec's ``output_size``)."""
+        return [int(round(self.shape[a])) for a in self.in_plane]
+
+
+def median_geometry(rw: BaseReaderWriter, cases: dict[str, dict], slice_axis: int) -> MedianGeometry:
+    """The :class:`MedianGeometry` of up to 50 cases (their label files are read once)."""
     sample = list(cases.values())[:MAX_CASES_FOR_PERCENTILES]
     spacings, shapes = [], []
     for v in sample:
         seg, props = rw.read_seg(v["label"])
         spacings.append(props["spacing"])
         shapes.append(seg.shape[1:])
-    in_plane = [a for a in range(3) if a != slice_axis]
     spacing, shape = (np.median(np.array(v, dtype=float), axis=0) for v in (spacings, shapes))
-    return spacing, shape, in_plane
+    return MedianGeometry(spacing, shape, [a for a in range(3) if a != slice_axis])
 
 
-def generated_spacing(rw: BaseReaderWriter, cases: dict[str, dict], slice_axis: int, resolution: int,
-                      fit: str) -> list[float]:
+def generated_spacing(geometry: MedianGeometry, resolution: int, fit: str) -> list[float]:
     """Spacing (nnU-Net array order) for generated slices that cover the real data's median field of view."""
-    spacing, shape, in_plane = median_geometry(rw, cases, slice_axis)
+    spacing, shape, in_plane = geometry.spacing, geometry.shape, geometry.in_plane
     extent = shape[in_plane] * spacing[in_plane]
     if fit == "pad":
         extent = np.full(2, extent.max())
@@ -208,8 +219,7 @@ def typical_size(spec: DataSpec) -> list[int]:
     if not used:
         raise UserError(f"None of the real images of class '{spec.class_name}' are in {spec.dataset} any more; "
                         f"cannot tell the size to write synthetic images at.")
-    _, shape, in_plane = median_geometry(rw, used, spec.slice_axis)
-    return [int(round(shape[a])) for a in in_plane]
+    return median_geometry(rw, used, spec.slice_axis).in_plane_size
 
 
 def default_resolution(name: str, refs: list[ImageRef]) -> int:
@@ -230,12 +240,12 @@ def build_spec(name: str, class_name: str, refs: list[ImageRef], resolution: int
     used = {r.case: cases[r.case] for r in refs}
     ranges, natural = intensity_ranges(rw, used)
     axis = slice_axis_for(name, rw, cases)
-    _, shape, in_plane = median_geometry(rw, used, axis)
+    geometry = median_geometry(rw, used, axis)
     return DataSpec(dataset=name, class_name=class_name, resolution=resolution, channels=len(ranges),
                     rgb=natural and len(ranges) == 3, fit=fit, slice_axis=axis, intensity_ranges=ranges,
-                    spacing=generated_spacing(rw, used, axis, resolution, fit), natural_image=natural,
+                    spacing=generated_spacing(geometry, resolution, fit), natural_image=natural,
                     real_images=[[str(r.case), int(r.slice_index)] for r in refs],
-                    output_size=[int(round(shape[a])) for a in in_plane])
+                    output_size=geometry.in_plane_size)
 
 
 def load_images(spec: DataSpec, refs: list[ImageRef] | None = None, progress: bool = True,

@@ -49,8 +49,9 @@ def upfirdn2d(x: torch.Tensor, taps: torch.Tensor, up: int = 1, down: int = 1,
     lo, hi = padding
     x = F.pad(x, [max(lo, 0), max(hi, 0), max(lo, 0), max(hi, 0)])
     x = x[:, :, max(-lo, 0):x.shape[2] - max(-hi, 0), max(-lo, 0):x.shape[3] - max(-hi, 0)]
-    if taps.numel() == 1:
-        return x[:, :, ::down, ::down] * (gain * float(taps[0]) ** 2)
+    if taps.numel() == 1:  # the identity filter (lowpass_filter with one tap): no device read of the tap
+        x = x[:, :, ::down, ::down]
+        return x * gain if gain != 1.0 else x
     f = (taps * math.sqrt(gain)).flip(0).to(x.dtype)
     size = x.shape[2:]
     x = x.reshape(n * c, 1, *size)

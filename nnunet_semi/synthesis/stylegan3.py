@@ -99,7 +99,7 @@ class FourierInput(nn.Module):
 
     def __init__(self, w_dim: int, channels: int, size: int, sampling_rate: int, bandwidth: float):
         super().__init__()
-        self.size, self.sampling_rate, self.bandwidth = size, sampling_rate, bandwidth
+        self.sampling_rate, self.bandwidth = sampling_rate, bandwidth
         self.affine = EqualLinear(w_dim, 4)
         with torch.no_grad():
             self.affine.weight.zero_()
@@ -109,6 +109,10 @@ class FourierInput(nn.Module):
         self.register_buffer("freqs", torch.stack([radius * angle.cos(), radius * angle.sin()], dim=1))
         self.register_buffer("phases", torch.rand(channels) - 0.5)
         self.register_buffer("transform", torch.eye(3))
+        half_extent = 0.5 * size / sampling_rate  # the grid covers the image plus its margin
+        theta = torch.tensor([[[half_extent, 0.0, 0.0], [0.0, half_extent, 0.0]]])
+        self.register_buffer("grid", F.affine_grid(theta, [1, 1, size, size], align_corners=False),
+                             persistent=False)  # [1, H, W, 2] sample positions, fixed
         self.weight = nn.Parameter(torch.randn(channels, channels))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -124,10 +128,7 @@ class FourierInput(nn.Module):
         phases = self.phases + (self.freqs @ transforms[:, :2, 2:]).squeeze(2)  # [N, C]
         freqs = self.freqs @ transforms[:, :2, :2]  # [N, C, 2]
         amplitudes = (1 - (freqs.norm(dim=2) - self.bandwidth) / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
-        half_extent = 0.5 * self.size / self.sampling_rate  # the grid covers the image plus its margin
-        theta = torch.tensor([[half_extent, 0, 0], [0, half_extent, 0]], device=w.device, dtype=t.dtype)
-        grid = F.affine_grid(theta[None], [1, 1, self.size, self.size], align_corners=False)  # [1, H, W, 2]
-        x = torch.einsum("ahwd,ncd->nhwc", grid, freqs) + phases[:, None, None, :]
+        x = torch.einsum("ahwd,ncd->nhwc", self.grid.to(t.dtype), freqs) + phases[:, None, None, :]
         x = torch.sin(2 * math.pi * x) * amplitudes[:, None, None, :]
         x = x @ (self.weight / math.sqrt(self.weight.shape[0])).t()
         return x.permute(0, 3, 1, 2)
