@@ -1,6 +1,7 @@
 """End to end through the unmodified nnU-Net commands: nnunet-semi benchmark (toy workspaces: tests/e2e_support.py)."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -42,6 +43,18 @@ def test_benchmark_trains_evaluates_and_reports(toy_2d):
     assert "Stopped early" in markdown and "fold 0: 1/2 epochs" in markdown
     assert "Time limit reached: stopping after 1 of 2 epochs" in \
         max(vanilla.glob("training_log_*.txt"), key=os.path.getmtime).read_text()
+    # learning curves (default: a snapshot every ceil(2 / 8) = 1 epoch): the student of both rows, the teacher of
+    # Mean Teacher, evaluated on the test set and cached per fold
+    mean_teacher = toy_2d.fold_dir("Dataset502_ToySemi6", "nnUNetTrainerMeanTeacher_2epochs_2its", "2d")
+    assert sorted(p.name for p in (mean_teacher / "snapshots").iterdir()) == [
+        "epoch_0001_student.pth", "epoch_0001_teacher.pth"]
+    with open(output / "learning_curves.csv") as f:
+        curve = sorted((r["row"], r["network"], r["iterations"]) for r in csv.DictReader(f))
+    assert curve == [("nnU-Net (labeled only)", "student", "2"), ("nnUNetTrainerMeanTeacher", "student", "2"),
+                     ("nnUNetTrainerMeanTeacher", "teacher", "2")]
+    assert (output / "learning_curves.png").is_file() and "Learning curves:" in shown.stdout
+    assert set(json.loads((output / "curves" / "Dataset502_ToySemi6" / "nnUNetTrainerMeanTeacher_2epochs_2its" /
+                           "fold_0.json").read_text())) == {"epoch_0001_student.pth", "epoch_0001_teacher.pth"}
 
     # everything is there now: --no-train only evaluates (folds a time limit stopped count as done only under a
     # time limit); a missing training is an error and keeps the report

@@ -13,6 +13,7 @@ import functools
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_semi.core.snapshots import WeightSnapshots
 from nnunet_semi.core.time_limit import WallClockLimit
 from nnunet_semi.errors import UserError
 
@@ -57,7 +58,8 @@ def budget_variant_name(base_name: str, num_epochs: int, num_iterations_per_epoc
 @functools.lru_cache(maxsize=None)
 def budget_variant(base: type, num_epochs: int, num_iterations_per_epoch: int | None = None) -> type:
     """``base`` trained for ``num_epochs`` x ``num_iterations_per_epoch`` (validation iterations scaled alike), with
-    :class:`~nnunet_semi.core.time_limit.WallClockLimit`'s optional deadline and ``training_summary.json``."""
+    :class:`~nnunet_semi.core.time_limit.WallClockLimit`'s optional deadline and ``training_summary.json``, and
+    :class:`~nnunet_semi.core.snapshots.WeightSnapshots`' optional learning-curve snapshots."""
     if not (isinstance(base, type) and issubclass(base, nnUNetTrainer)):
         raise TypeError(f"{base!r} is not an nnU-Net trainer class")
     if num_epochs < 1 or (num_iterations_per_epoch is not None and num_iterations_per_epoch < 1):
@@ -69,6 +71,6 @@ def budget_variant(base: type, num_epochs: int, num_iterations_per_epoch: int | 
         attributes["num_val_iterations_per_epoch"] = max(
             1, round(num_iterations_per_epoch * VALIDATION_ITERATIONS_PER_TRAINING_ITERATION))
         attributes["__doc__"] += f" x {num_iterations_per_epoch} iterations"
-    bases = (*(m for m in (WallClockLimit, ClassHyperparameters) if not issubclass(base, m)), base)
+    bases = (*(m for m in (WeightSnapshots, WallClockLimit, ClassHyperparameters) if not issubclass(base, m)), base)
     name = budget_variant_name(base.__name__, num_epochs, num_iterations_per_epoch)
     return type(name, bases, attributes)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import io
 import json
+import math
 import re
 import subprocess
 import time
@@ -25,17 +27,21 @@ from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_t
 from tqdm import tqdm
 
 from nnunet_semi.core.hyperparameters import budget_variant_name
+from nnunet_semi.core.snapshots import SNAPSHOT_EVERY_VARIABLE
 from nnunet_semi.core.time_limit import STOP_TRAINING_AT_VARIABLE, read_training_summary
 from nnunet_semi.env import nnunet_environment
 from nnunet_semi.errors import UserError
+from nnunet_semi.evaluation.curves import curve_table, evaluate_fold, held_out_cases
 from nnunet_semi.evaluation.folders import (
     evaluate_cross_validation,
     evaluate_test_set,
     list_cases,
     load_dataset_json,
     seconds_per_iteration,
+    training_schedule,
 )
 from nnunet_semi.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, MODES
+from nnunet_semi.evaluation.plots import plot_learning_curves
 from nnunet_semi.evaluation.report import MethodResults, ReportSettings, TrainingBudget, write_report
 from nnunet_semi.planners.raw import raw_root, read_manifest, resolve_dataset
 from nnunet_semi.cli_text import help_text
@@ -163,9 +169,10 @@ def _run_logged(command: list[str], log: Path, epochs: tqdm | None = None, extra
 
 def train_missing(runs: list[Run], configuration: str, plans: str, folds: list[int], device: str,
                   logs: Path, no_train: bool, budget: TrainingBudget | None = None,
-                  stop_at: float | None = None) -> None:
+                  stop_at: float | None = None, snapshot_every: int | None = None) -> None:
     """Train (or resume) every fold that has no final checkpoint and validation yet. With ``stop_at`` (unix
-    seconds), each training in turn gets an equal share of the time left as its deadline."""
+    seconds), each training in turn gets an equal share of the time left as its deadline; with ``snapshot_every``
+    (epochs), trainings write weight snapshots for the learning curves."""
     todo = [(r, f) for f in folds for r in runs
             if not is_finished(r, configuration, plans, f, time_limited=stop_at is not None)]  # fold by fold
     if todo and no_train:
@@ -175,12 +182,14 @@ def train_missing(runs: list[Run], configuration: str, plans: str, folds: list[i
         fold_folder = run.model_folder(configuration, plans) / f"fold_{fold}"
         resume = ["--c"] if any(fold_folder.glob("checkpoint_*.pth")) else []
         description = f"[{index}/{len(todo)}] {run.trainer} on {run.dataset} fold {fold}"
-        deadline = {} if stop_at is None else {
+        environment = {} if stop_at is None else {
             STOP_TRAINING_AT_VARIABLE: str(time.time() + max(0.0, stop_at - time.time()) / (len(todo) - index + 1))}
+        if snapshot_every:
+            environment[SNAPSHOT_EVERY_VARIABLE] = str(snapshot_every)
         with tqdm(total=budget.epochs if budget else None, desc=description, unit="epoch") as epochs:
             _run_logged(["nnUNetv2_train", str(convert_dataset_name_to_id(run.dataset)), configuration, str(fold),
                          "-tr", run.trainer, "-p", plans, "-device", device, *resume],
-                        logs / f"train_{run.trainer}_{run.dataset}_fold{fold}.log", epochs, deadline)
+                        logs / f"train_{run.trainer}_{run.dataset}_fold{fold}.log", epochs, environment)
 
 
 def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, output: Path,
@@ -200,6 +209,47 @@ def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_i
     return folder
 
 
+def learning_curves(runs: list[Run], configuration: str, plans: str, folds: list[int],
+                    test_sets: dict[str, tuple[Path, Path] | None], output: Path, device: str,
+                    max_cases: int | None) -> list[Path]:
+    """Evaluate every fold's weight snapshots on the test set (see :mod:`nnunet_semi.evaluation.curves`) and write
+    ``learning_curves.csv`` and ``learning_curves.png``; returns them (nothing when no fold has snapshots)."""
+    rows, roles, several = [], {}, len({r.dataset for r in runs if r.role == "method"}) > 1
+    for run in runs:
+        test_set = test_sets.get(semi_dataset_of(run))
+        model_folder = run.model_folder(configuration, plans)
+        schedule = training_schedule(model_folder, folds)
+        if test_set is None or schedule is None:
+            continue
+        dataset_json = load_dataset_json(raw_root() / run.dataset / "dataset.json")
+        cases = held_out_cases(*test_set, dataset_json["file_ending"], len(dataset_json["channel_names"]), max_cases)
+        label = f"{run.name} ({run.dataset})" if several else run.name
+        evaluator, per_fold = None, {}
+        for fold in folds:
+            cache = output / "curves" / run.dataset / run.trainer / f"fold_{fold}.json"
+            per_fold[fold], evaluator = evaluate_fold(model_folder, fold, cases, cache, torch.device(device),
+                                                      evaluator)
+        new_rows = curve_table({label: per_fold}, schedule[1])
+        if new_rows:
+            rows += new_rows
+            roles[label] = run.role
+    if not rows:
+        return []
+    table, plot = output / "learning_curves.csv", output / "learning_curves.png"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_learning_curves(rows, roles, f"training iterations (test Dice of at most {max_cases} test cases, "
+                         f"no mirroring)" if max_cases else "training iterations (test Dice, no mirroring)", plot)
+    return [table, plot]
+
+
+def default_curve_every(budget: TrainingBudget | None, points: int = 8) -> int:
+    """Snapshots every ``epochs / points`` epochs (rounded up): about ``points`` points per curve."""
+    return math.ceil((budget.epochs if budget else 1000) / points)
+
+
 def test_set_of(semi: str) -> tuple[Path, Path] | None:
     """(imagesTs, labelsTs) of a semi-supervised dataset, when it has labeled test cases."""
     folder = raw_root() / semi
@@ -213,9 +263,12 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
                   device: str | None = None, mode: str = "nnunet", nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
                   use_test_set: bool = True, no_train: bool = False, title: str | None = None,
                   with_upper_bound: bool = True, test_time_mirroring: bool = True,
-                  time_limit_minutes: float | None = None):
-    """Train what is missing, evaluate cross-validation (and test set), write the report; returns its files.
-    ``time_limit_minutes`` bounds the wall time of all trainings (see :func:`train_missing`)."""
+                  time_limit_minutes: float | None = None, curve_every: int | None = None,
+                  curve_cases: int | None = 50):
+    """Train what is missing, evaluate cross-validation (and test set), write the report and the learning curves;
+    returns the report's files and the curves' files. ``time_limit_minutes`` bounds the wall time of all trainings
+    (see :func:`train_missing`); ``curve_every`` (epochs; default about 8 points per training, 0: none) sets the
+    snapshots of the learning curves, evaluated on at most ``curve_cases`` test cases."""
     if time_limit_minutes is not None and (budget is None or time_limit_minutes <= 0):
         raise UserError("--time-limit needs a positive number of minutes and --budget (the budget variants are the "
                         "trainers that stop at the limit).")
@@ -227,9 +280,13 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
     check_same_plans_and_folds(runs, plans, folds)
     check_trainers_and_configuration(runs, configuration, plans)
     logs = output / "logs"
-    train_missing(runs, configuration, plans, folds, device, logs, no_train, budget, stop_at)
-
+    curve_every = default_curve_every(budget) if curve_every is None else curve_every
+    if curve_every < 0 or (curve_cases is not None and curve_cases < 0):
+        raise UserError("--curve-every and --curve-cases must be >= 0 (0: no curves, or all test cases).")
     test_sets = {semi: test_set_of(semi) for semi in semi_datasets} if use_test_set else {}
+    train_missing(runs, configuration, plans, folds, device, logs, no_train, budget, stop_at,
+                  curve_every if any(test_sets.values()) else None)
+
     results = []
     for run in tqdm(runs, desc="Evaluating", unit="row"):
         model_folder = run.model_folder(configuration, plans)
@@ -255,9 +312,10 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
                "test set": "imagesTs/labelsTs of the semi-supervised dataset, predicted by each fold's model"
                + ("" if test_time_mirroring else " without test-time mirroring")
                if test_sets and any(test_sets.values()) else "none"}
-    return write_report(results, output, ReportSettings(title=title or f"Benchmark: {semi_datasets[0]}",
-                                                       mode=mode, nsd_tolerance_mm=nsd_tolerance_mm,
-                                                       details=details))
+    files = write_report(results, output, ReportSettings(title=title or f"Benchmark: {semi_datasets[0]}",
+                                                        mode=mode, nsd_tolerance_mm=nsd_tolerance_mm,
+                                                        details=details))
+    return files, learning_curves(runs, configuration, plans, folds, test_sets, output, device, curve_cases)
 
 
 def semi_dataset_of(run: Run) -> str:
@@ -282,12 +340,14 @@ def parse_budget(text: str | None) -> TrainingBudget | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    files = run_benchmark(args.datasets, args.trainers, args.configuration, args.folds, args.output,
+    files, curves = run_benchmark(args.datasets, args.trainers, args.configuration, args.folds, args.output,
                           parse_budget(args.budget), args.plans, args.device, args.metrics, args.nsd_tolerance,
                           not args.no_test, args.no_train, args.title, not args.no_upper_bound,
-                          not args.disable_tta, args.time_limit)
+                          not args.disable_tta, args.time_limit, args.curve_every, args.curve_cases or None)
     print(files.markdown.read_text())
     print(f"Report: {files.markdown}, {files.csv}, {', '.join(str(p) for p in files.plots)}")
+    if curves:
+        print(f"Learning curves: {', '.join(map(str, curves))}")
     return 0
 
 
@@ -321,5 +381,13 @@ def register(subparsers) -> None:
                              "of the time left and stops after the epoch that passes it, with nnU-Net's final "
                              "checkpoint and validation; the report says which folds stopped early. Without "
                              "--time-limit, a later benchmark continues such folds to the full budget")
+    parser.add_argument("--curve-every", type=int, metavar="EPOCHS",
+                        help="learning curves: every training saves weight snapshots (student, and EMA teacher if "
+                             "any) every EPOCHS epochs, each evaluated on the test set (no mirroring) and plotted "
+                             "against iterations in learning_curves.png (default: about 8 points per training; 0: "
+                             "no curves; needs a test set; folds trained earlier without snapshots have no curve)")
+    parser.add_argument("--curve-cases", type=int, default=50, metavar="N",
+                        help="evaluate the snapshots on an evenly spaced subset of at most N test cases (default "
+                             "50; 0: all); the report's test table always uses all")
     parser.add_argument("--title", help="title of the report (default: Benchmark: <dataset>)")
     parser.set_defaults(func=_run)

@@ -102,3 +102,34 @@ def _zoom_to_data(ax, values: Sequence[float]) -> None:
     if finite:
         margin = max(1.0, 0.1 * (max(finite) - min(finite)))
         ax.set_ylim(max(0.0, min(finite) - margin), max(finite) + margin)
+
+
+def plot_learning_curves(points: Sequence[Mapping], roles: Mapping[str, str], iterations_label: str,
+                         path: str | Path) -> None:
+    """Test Dice against training iterations: per row (colour) and network (student solid, EMA teacher dashed),
+    the mean over folds with a band of +- std; ``points`` are dicts with row, network, iterations, fold, dice."""
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    colours = method_colours([(row, role) for row, role in roles.items()])
+    for (row, network), series in _group(points, ("row", "network")).items():
+        by_iterations = _group(series, ("iterations",))
+        x = np.array(sorted(k[0] for k in by_iterations))
+        values = [np.array([p["dice"] for p in by_iterations[(i,)]], dtype=float) for i in x]
+        mean = 100 * np.array([np.nanmean(v) for v in values])
+        std = 100 * np.array([np.nanstd(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
+        style = "-" if network == "student" else "--"
+        ax.plot(x, mean, style, marker="o", markersize=3, color=colours[row],
+                label=row if network == "student" else f"{row}, EMA teacher")
+        ax.fill_between(x, mean - std, mean + std, color=colours[row], alpha=0.12)
+    ax.set_xlabel(iterations_label)
+    ax.set_ylabel("test Dice (%), mean over classes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=150)
+
+
+def _group(items: Sequence[Mapping], keys: Sequence[str]) -> dict[tuple, list[Mapping]]:
+    groups: dict[tuple, list[Mapping]] = {}
+    for item in items:
+        groups.setdefault(tuple(item[k] for k in keys), []).append(item)
+    return groups
