@@ -2,9 +2,12 @@
 
 For each trainer, the real nnU-Net trainer is built from the dataset's plans (same plans and batch size for all:
 vanilla trains on the labeled-only twin, the others on the semi-supervised dataset), its data loaders are started
-exactly as in nnUNetv2_train, and ``train_step`` is timed over a number of iterations after a warm-up. Time spent
-waiting for the labeled and the unlabeled loaders is measured separately, so a loader that starves the device
-shows up as a wait fraction. Each trainer runs in its own process, so that its peak memory can be measured: the
+exactly as in nnUNetv2_train, and ``train_step`` is timed over a number of iterations after a warm-up, in the
+steady semi-supervised phase (the step counter starts where unlabeled batches and the EMA teacher have started, so
+SRA-Seg is timed after its supervised warm-up). Time spent waiting for the labeled and the unlabeled loaders is
+measured separately, so a loader that starves the device shows up as a wait fraction, and the step is broken
+down into phases (forward and losses, of which the teacher's forward, pseudo-label filtering and the SA term;
+backward and optimiser step; EMA update), each synchronised on CUDA. Each trainer runs in its own process, so that its peak memory can be measured: the
 peak resident memory of the training process on CPU (data-loader workers excluded), the peak allocated GPU memory
 on CUDA.
 
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -50,6 +54,49 @@ class TimedIterator:
         return getattr(self.loader, name)
 
 
+PHASES = ("waiting for labeled data", "waiting for unlabeled data", "train step", "forward + losses",
+          "  of which teacher forward", "  of which pseudo-label filtering", "  of which SA term", "backward + step",
+          "EMA update")
+
+
+class PhaseClock:
+    """Inclusive wall time of wrapped callables, by phase name."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, defaultdict(float)
+
+    def wrap(self, owner, attribute: str, phase: str) -> None:
+        original = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            _synchronize(self.device)
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                _synchronize(self.device)
+                self.seconds[phase] += time.perf_counter() - start
+
+        setattr(owner, attribute, timed)
+
+
+def instrument(trainer, clock: PhaseClock) -> None:
+    """Wrap the phases of a training step that this trainer has."""
+    if not hasattr(trainer, "compute_train_losses"):  # vanilla nnU-Net: one phase
+        clock.wrap(trainer, "train_step", "train step")
+        return
+    clock.wrap(trainer, "compute_train_losses", "forward + losses")
+    for attribute, phase in (("_backward_and_step", "backward + step"), ("after_optimizer_step", "EMA update"),
+                             ("similarity_alignment", "  of which SA term")):
+        if hasattr(trainer, attribute):
+            clock.wrap(trainer, attribute, phase)
+    if getattr(trainer, "teacher", None) is not None:
+        clock.wrap(trainer.teacher.module, "forward", "  of which teacher forward")
+    module = sys.modules[type(trainer).__module__]
+    if hasattr(module, "filtered_hard_pseudo_labels"):
+        clock.wrap(module, "filtered_hard_pseudo_labels", "  of which pseudo-label filtering")
+
+
 def _toy_semi_dataset(workdir: Path, size: int, num_cases: int) -> str:
     """Convert, split and plan a toy 2D dataset inside ``workdir``; returns the semi-supervised dataset name."""
     for variable in ("nnUNet_raw", "nnUNet_preprocessed"):
@@ -70,6 +117,8 @@ def time_trainer(trainer_name: str, dataset: str, configuration: str, device: to
                  warmup: int, plans: str = "nnUNetPlans") -> dict:
     from nnunetv2.run.run_training import get_trainer_from_args
     trainer = get_trainer_from_args(dataset, configuration, 0, trainer_name, plans, device=device)
+    if hasattr(trainer, "global_step"):  # the steady phase: unlabeled batches and the teacher have started
+        trainer.global_step = max(trainer.unlabeled_start_step, trainer.teacher_start_step)
     trainer.on_train_start()
     trainer.on_train_epoch_start()
     labeled = TimedIterator(trainer.dataloader_train)
@@ -81,6 +130,8 @@ def time_trainer(trainer_name: str, dataset: str, configuration: str, device: to
     labeled.waited = 0.0
     if unlabeled is not None:
         unlabeled.waited = 0.0
+    clock = PhaseClock(device)
+    instrument(trainer, clock)
     _synchronize(device)
     start = time.perf_counter()
     for _ in range(iterations):
@@ -88,13 +139,16 @@ def time_trainer(trainer_name: str, dataset: str, configuration: str, device: to
     _synchronize(device)
     seconds = (time.perf_counter() - start) / iterations
     waited = (labeled.waited + (unlabeled.waited if unlabeled is not None else 0.0)) / iterations
+    phases = {"waiting for labeled data": labeled.waited / iterations,
+              **({"waiting for unlabeled data": unlabeled.waited / iterations} if unlabeled is not None else {}),
+              **{phase: total / iterations for phase, total in clock.seconds.items()}}
     for loader in (trainer.dataloader_train, trainer.dataloader_val, getattr(unlabeled, "loader", None)):
         if hasattr(loader, "_finish"):
             loader._finish()
     return {"trainer": trainer_name, "dataset": dataset, "batch_size": trainer.batch_size,
             "unlabeled_batch_size": getattr(trainer, "unlabeled_batch_size", 0),
             "seconds_per_iteration": seconds, "data_wait_fraction": waited / seconds,
-            "peak_memory_mb": _peak_memory_mb(device)}
+            "peak_memory_mb": _peak_memory_mb(device), "phases": phases}
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -165,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['seconds_per_iteration']:>13.3f} | {row['ratio_to_vanilla']:>9.2f}x | "
               f"{100 * row['data_wait_fraction']:>15.1f}% | {row['peak_memory_mb']:>{len(memory) + 6}.0f} | "
               f"{row['memory_ratio_to_vanilla']:>9.2f}x |")
+    print("\nPer phase (seconds per iteration; indented phases are part of the one above):")
+    for row in rows:
+        print(f"{row['trainer']}:")
+        for phase in PHASES:
+            if phase in row["phases"]:
+                value = row["phases"][phase]
+                print(f"  {phase:<36} {value:7.3f} s  {100 * value / row['seconds_per_iteration']:5.1f} %")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"device": args.device, "configuration": args.configuration, "rows": rows},

@@ -21,9 +21,10 @@ Where we differ from the authors' released code, and why:
   never reaches the segmentation network (and during warm-up it compares images with themselves). Eq. 15-16 define
   the distance to the nearest real sample; we keep the frozen extractor for the matching and for the logged domain
   gap, and apply the distance to the segmentation network's features, which the loss can move. Features are L2
-  normalised before the Euclidean distance so the term cannot shrink by scaling features down. The network's
-  features are the per-channel mean and standard deviation of its last decoder stage: pooled bottleneck outputs,
-  taken after InstanceNorm and LeakyReLU, have their per-sample statistics normalised away (a toy image and noise
+  normalised before the Euclidean distance so the term cannot shrink by scaling features down; the real samples'
+  features are computed without a graph (separate passes: per-sample statistics with nnU-Net's InstanceNorm). The
+  network's features are the per-channel mean and standard deviation of its last decoder stage: pooled bottleneck
+  outputs, taken after InstanceNorm and LeakyReLU, have their per-sample statistics normalised away (a toy image and noise
   have cosine 0.996 at initialisation), while the decoder statistics separate visibly different images.
 * Soft Dice: eq. 13 sums over all voxels of the batch per class (``soft_dice_reduction = 'batch'``); the released
   code averages Dice over samples and classes, so a class absent from one sample costs about 1/C there
@@ -186,8 +187,9 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
         gap, nearest = nearest_real_distances(self.feature_extractor(x_u), self.feature_extractor(x_l))
         if self.sa_weight == 0:
             return torch.zeros((), device=x_u.device), gap.mean()
-        synthetic_features, real_features = decoder_feature_statistics(
-            self.network, torch.cat((x_u, x_l))).split((x_u.shape[0], x_l.shape[0]))
+        synthetic_features = decoder_feature_statistics(self.network, x_u)
+        with torch.no_grad():  # eq. 15 holds the real features fixed: no graph for them
+            real_features = decoder_feature_statistics(self.network, x_l)
         return similarity_alignment_loss(synthetic_features, real_features, nearest), gap.mean()
 
 
