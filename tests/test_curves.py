@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_semi.core.snapshots import SNAPSHOT_EVERY_VARIABLE, WeightSnapshots, snapshot_every
+from nnunet_semi.core.snapshots import SNAPSHOT_EVERY_VARIABLE, WeightSnapshots
+from nnunet_semi.core.time_limit import TimeLimitReached
 from nnunet_semi.evaluation.benchmark import default_curve_every
 from nnunet_semi.evaluation.curves import CurvePoint, curve_table, dice_per_class, snapshot_files, held_out_cases
 from nnunet_semi.evaluation.plots import plot_learning_curves
@@ -49,12 +50,21 @@ def test_default_curve_every_gives_about_eight_points():
 
 
 class _EpochCounter:
-    def on_epoch_end(self):  # nnU-Net's on_epoch_end ends by counting the epoch
+    """nnU-Net's side: on_epoch_end ends by counting the epoch; a time limit may then stop training."""
+
+    stop_after: int | None = None
+
+    def on_train_start(self):
+        pass
+
+    def on_epoch_end(self):
         self.current_epoch += 1
+        if self.current_epoch == self.stop_after:
+            raise TimeLimitReached
 
 
 class _Trainer(WeightSnapshots, _EpochCounter):
-    """The attributes WeightSnapshots reads, over a base that counts epochs as nnU-Net's does."""
+    """The attributes WeightSnapshots reads."""
 
     def __init__(self, folder: Path, teacher: bool):
         self.output_folder, self.local_rank, self.current_epoch, self.num_epochs = str(folder), 0, 0, 7
@@ -66,6 +76,7 @@ class _Trainer(WeightSnapshots, _EpochCounter):
 def test_snapshots_every_k_epochs_and_at_the_end(tmp_path: Path, monkeypatch):
     monkeypatch.setenv(SNAPSHOT_EVERY_VARIABLE, "3")
     trainer = _Trainer(tmp_path, teacher=True)
+    trainer.on_train_start()
     for _ in range(7):
         trainer.on_epoch_end()
     assert list(snapshot_files(tmp_path)) == [
@@ -74,15 +85,26 @@ def test_snapshots_every_k_epochs_and_at_the_end(tmp_path: Path, monkeypatch):
     torch.testing.assert_close(saved["network_weights"]["weight"], trainer.teacher.module.weight)
     assert saved["trainer_name"] == "_Trainer" and saved["current_epoch"] == 6
 
+    # a new training from epoch 0 in the same folder removes them; a time limit after epoch 4 still gets its
+    # snapshot of the last epoch trained
+    trainer = _Trainer(tmp_path, teacher=False)
+    trainer.stop_after = 4
+    trainer.on_train_start()
+    with pytest.raises(TimeLimitReached):
+        for _ in range(7):
+            trainer.on_epoch_end()
+    assert list(snapshot_files(tmp_path)) == ["epoch_0003_student.pth", "epoch_0004_student.pth"]
+
 
 def test_no_snapshots_without_the_variable_and_bad_values_are_refused(tmp_path: Path, monkeypatch):
     monkeypatch.delenv(SNAPSHOT_EVERY_VARIABLE, raising=False)
     trainer = _Trainer(tmp_path, teacher=False)
+    trainer.on_train_start()
     trainer.on_epoch_end()
     assert not (tmp_path / "snapshots").exists()
     monkeypatch.setenv(SNAPSHOT_EVERY_VARIABLE, "0")
     with pytest.raises(ValueError, match=SNAPSHOT_EVERY_VARIABLE):
-        snapshot_every()
+        trainer.on_train_start()
 
 
 def test_curve_table_and_plot(tmp_path: Path):

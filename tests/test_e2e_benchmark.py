@@ -54,7 +54,8 @@ def test_benchmark_trains_evaluates_and_reports(toy_2d):
                      ("nnUNetTrainerMeanTeacher", "teacher", "2")]
     assert (output / "learning_curves.png").is_file() and "Learning curves:" in shown.stdout
     assert set(json.loads((output / "curves" / "Dataset502_ToySemi6" / "nnUNetTrainerMeanTeacher_2epochs_2its" /
-                           "fold_0.json").read_text())) == {"epoch_0001_student.pth", "epoch_0001_teacher.pth"}
+                           "fold_0.json").read_text())["snapshots"]) == {"epoch_0001_student.pth",
+                                                                          "epoch_0001_teacher.pth"}
 
     # everything is there now: --no-train only evaluates (folds a time limit stopped count as done only under a
     # time limit); a missing training is an error and keeps the report

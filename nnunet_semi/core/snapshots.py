@@ -9,11 +9,13 @@ and :mod:`nnunet_semi.evaluation.curves` evaluates it in process.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from nnunet_semi.core.teacher import unwrap_network
+from nnunet_semi.core.time_limit import TimeLimitReached
 from nnunet_semi.files import write_atomic
 
 SNAPSHOT_EVERY_VARIABLE = "nnUNet_semi_snapshot_every"
@@ -36,15 +38,31 @@ def snapshot_name(epochs_done: int, network: str) -> str:
 
 class WeightSnapshots:
     """Mixin for nnU-Net trainers (budget variants): write weight snapshots every ``nnUNet_semi_snapshot_every``
-    epochs (rank 0; the student is the trained network, the teacher the EMA teacher when the trainer has one)."""
+    epochs and after the last epoch, also when a time limit ends training early (rank 0; the student is the
+    trained network, the teacher the EMA teacher when the trainer has one). A training that starts from epoch 0
+    first removes the snapshots of an earlier training in the same fold folder."""
+
+    def on_train_start(self):
+        self.snapshot_every = snapshot_every()  # a bad value fails before any training
+        folder = Path(self.output_folder) / SNAPSHOT_FOLDER
+        if self.current_epoch == 0 and self.local_rank == 0 and folder.is_dir():
+            shutil.rmtree(folder)
+            print(f"Removed {folder}: snapshots of an earlier training in this fold folder.")
+        super().on_train_start()
 
     def on_epoch_end(self):
         epochs_done = self.current_epoch + 1
-        every = snapshot_every()
-        if every is not None and self.local_rank == 0 and (epochs_done % every == 0 or
-                                                           epochs_done == self.num_epochs):
+        try:
+            super().on_epoch_end()
+        except TimeLimitReached:
+            self._maybe_write_snapshots(epochs_done, last=True)
+            raise
+        self._maybe_write_snapshots(epochs_done, last=epochs_done == self.num_epochs)
+
+    def _maybe_write_snapshots(self, epochs_done: int, last: bool) -> None:
+        due = last or (self.snapshot_every is not None and epochs_done % self.snapshot_every == 0)
+        if self.snapshot_every is not None and self.local_rank == 0 and due:
             self.write_snapshots(epochs_done)
-        super().on_epoch_end()
 
     def snapshot_networks(self) -> dict[str, torch.nn.Module]:
         """The networks to snapshot by name: the student, and the EMA teacher if there is one."""

@@ -25,7 +25,7 @@ STOP_TRAINING_AT_VARIABLE = "nnUNet_semi_stop_training_at"
 SUMMARY_FILE = "training_summary.json"
 
 
-class _TimeLimitReached(Exception):
+class TimeLimitReached(Exception):
     """Raised at an epoch's end to leave nnU-Net's training loop."""
 
 
@@ -75,7 +75,7 @@ class WallClockLimit:
             self.stopped_at_time_limit = True
             self.print_to_log_file(f"Time limit reached: stopping after {self.current_epoch} of {self.num_epochs} "
                                    f"epochs.")
-            raise _TimeLimitReached
+            raise TimeLimitReached
 
     def _reopen_stopped_training(self) -> None:
         """``--c`` on a training that the limit stopped continues it: its final checkpoint becomes the latest one,
@@ -99,7 +99,7 @@ class WallClockLimit:
     def run_training(self):
         try:
             super().run_training()
-        except _TimeLimitReached:
+        except TimeLimitReached:
             self.on_train_end()
 
     def on_train_end(self):

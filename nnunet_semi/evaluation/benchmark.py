@@ -184,8 +184,7 @@ def train_missing(runs: list[Run], configuration: str, plans: str, folds: list[i
         description = f"[{index}/{len(todo)}] {run.trainer} on {run.dataset} fold {fold}"
         environment = {} if stop_at is None else {
             STOP_TRAINING_AT_VARIABLE: str(time.time() + max(0.0, stop_at - time.time()) / (len(todo) - index + 1))}
-        if snapshot_every:
-            environment[SNAPSHOT_EVERY_VARIABLE] = str(snapshot_every)
+        environment[SNAPSHOT_EVERY_VARIABLE] = str(snapshot_every or "")  # also overrides the user's shell
         with tqdm(total=budget.epochs if budget else None, desc=description, unit="epoch") as epochs:
             _run_logged(["nnUNetv2_train", str(convert_dataset_name_to_id(run.dataset)), configuration, str(fold),
                          "-tr", run.trainer, "-p", plans, "-device", device, *resume],
@@ -284,8 +283,10 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
     if curve_every < 0 or (curve_cases is not None and curve_cases < 0):
         raise UserError("--curve-every and --curve-cases must be >= 0 (0: no curves, or all test cases).")
     test_sets = {semi: test_set_of(semi) for semi in semi_datasets} if use_test_set else {}
-    train_missing(runs, configuration, plans, folds, device, logs, no_train, budget, stop_at,
-                  curve_every if any(test_sets.values()) else None)
+    if curve_every and not (budget and any(test_sets.values())):
+        print("No learning curves: they need --budget (the budget variants write snapshots) and a test set.")
+        curve_every = 0
+    train_missing(runs, configuration, plans, folds, device, logs, no_train, budget, stop_at, curve_every)
 
     results = []
     for run in tqdm(runs, desc="Evaluating", unit="row"):
@@ -315,7 +316,9 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
     files = write_report(results, output, ReportSettings(title=title or f"Benchmark: {semi_datasets[0]}",
                                                         mode=mode, nsd_tolerance_mm=nsd_tolerance_mm,
                                                         details=details))
-    return files, learning_curves(runs, configuration, plans, folds, test_sets, output, device, curve_cases)
+    curves = learning_curves(runs, configuration, plans, folds, test_sets, output, device, curve_cases) \
+        if curve_every else []
+    return files, curves
 
 
 def semi_dataset_of(run: Run) -> str:

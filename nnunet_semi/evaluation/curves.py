@@ -113,18 +113,23 @@ class SnapshotEvaluator:
 def evaluate_fold(model_folder: Path, fold: int, cases: Sequence[HeldOutCase], cache: Path,
                   device: torch.device, evaluator: SnapshotEvaluator | None = None
                   ) -> tuple[list[CurvePoint], SnapshotEvaluator | None]:
-    """The curve of one fold: every snapshot's Dice, from ``cache`` (JSON) or evaluated now and added to it.
-    Returns the points and the evaluator (reusable for the other folds of the same model folder)."""
+    """The curve of one fold: every snapshot's Dice, from ``cache`` (JSON) or evaluated now and added to it. Cached
+    values count only for the same test cases and the same snapshot file (its modification time); others are
+    evaluated again. Returns the points and the evaluator (reusable for the other folds of the model folder)."""
     snapshots = snapshot_files(model_folder / f"fold_{fold}")
-    known = json.loads(cache.read_text()) if cache.is_file() else {}
-    todo = [name for name in snapshots if name not in known]
+    names = [c.name for c in cases]
+    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    known = stored.get("snapshots", {}) if stored.get("cases") == names else {}
+    todo = [name for name, path in snapshots.items()
+            if known.get(name, {}).get("modified") != path.stat().st_mtime]
     for name in tqdm(todo, desc=f"Learning curve of {model_folder.name} fold {fold}", unit="snapshot"):
         if evaluator is None:
             evaluator = SnapshotEvaluator(model_folder, fold, name, cases, device)
-        known[name] = evaluator.mean_dice(snapshots[name])
-        text = json.dumps(known, indent=1)
+        known[name] = {"dice": evaluator.mean_dice(snapshots[name]), "modified": snapshots[name].stat().st_mtime}
+        text = json.dumps({"cases": names, "snapshots": known}, indent=1)
         write_atomic(cache, lambda tmp: Path(tmp).write_text(text))
-    points = [CurvePoint(int(m[1]), m[2], known[name]) for name in snapshots if (m := SNAPSHOT_FILE.match(name))]
+    points = [CurvePoint(int(m[1]), m[2], known[name]["dice"]) for name in snapshots
+              if (m := SNAPSHOT_FILE.match(name))]
     return points, evaluator
 
 

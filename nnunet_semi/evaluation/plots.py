@@ -107,16 +107,19 @@ def _zoom_to_data(ax, values: Sequence[float]) -> None:
 def plot_learning_curves(points: Sequence[Mapping], roles: Mapping[str, str], iterations_label: str,
                          path: str | Path) -> None:
     """Test Dice against training iterations: per row (colour) and network (student solid, EMA teacher dashed),
-    the mean over folds with a band of +- std; ``points`` are dicts with row, network, iterations, fold, dice."""
+    the mean over folds with a band of +- std (at the iterations that every fold reached; no band with one fold);
+    ``points`` are dicts with row, network, iterations, fold, dice."""
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.subplots()
     colours = method_colours([(row, role) for row, role in roles.items()])
     for (row, network), series in _group(points, ("row", "network")).items():
         by_iterations = _group(series, ("iterations",))
-        x = np.array(sorted(k[0] for k in by_iterations))
-        values = [np.array([p["dice"] for p in by_iterations[(i,)]], dtype=float) for i in x]
-        mean = 100 * np.array([np.nanmean(v) for v in values])
-        std = 100 * np.array([np.nanstd(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
+        folds = {p["fold"] for p in series}
+        # only iterations that every fold reached, so that the mean does not jump where a fold stopped early
+        x = np.array(sorted(k[0] for k, v in by_iterations.items() if {p["fold"] for p in v} == folds))
+        values = [np.array([p["dice"] for p in by_iterations[(i,)] if np.isfinite(p["dice"])]) for i in x]
+        mean = 100 * np.array([v.mean() if v.size else np.nan for v in values])
+        std = 100 * np.array([v.std(ddof=1) if v.size > 1 else np.nan for v in values])  # no band below 2 folds
         style = "-" if network == "student" else "--"
         ax.plot(x, mean, style, marker="o", markersize=3, color=colours[row],
                 label=row if network == "student" else f"{row}, EMA teacher")
