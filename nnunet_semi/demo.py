@@ -86,7 +86,8 @@ def run_demo(workdir: str | Path, num_epochs: int = 4, iterations_per_epoch: int
           logs, show_progress=True)
     summary = (report / "report.md").read_text().split("\n## ")
     print("\n## " + next(s for s in summary if s.startswith("Test set")).split("\n\n### ")[0])
-    print(f"Report, per-class tables and plot: {report}/report.md, {report}/dice_per_method.png")
+    print(f"Report, per-class tables and plots: {report}/report.md, {report}/dice_per_method.png, "
+          f"{report}/learning_curves.png (test Dice against iterations)")
     print("Toy data and a few training iterations: the numbers show that the pipeline works, not which method wins.")
     return report
 

@@ -10,6 +10,7 @@ import torch
 
 from nnunet_semi.core.snapshots import SNAPSHOT_EVERY_VARIABLE, WeightSnapshots
 from nnunet_semi.core.time_limit import TimeLimitReached
+from nnunet_semi.errors import UserError
 from nnunet_semi.evaluation.benchmark import default_curve_every
 from nnunet_semi.evaluation.curves import CurvePoint, curve_table, dice_per_class, snapshot_files, held_out_cases
 from nnunet_semi.evaluation.plots import plot_learning_curves
@@ -31,16 +32,22 @@ def test_dice_per_class_against_hand_values():
     np.testing.assert_allclose(dice_per_class(prediction, ignored, [2], 9), [1 / 2])
 
 
-def test_test_cases_takes_an_evenly_spaced_subset(tmp_path: Path):
+def test_held_out_cases_take_an_evenly_spaced_subset_with_their_image_files(tmp_path: Path):
     for folder in ("imagesTs", "labelsTs"):
         (tmp_path / folder).mkdir()
     for i in range(10):
         (tmp_path / "labelsTs" / f"case_{i}.png").touch()
-    cases = held_out_cases(tmp_path / "imagesTs", tmp_path / "labelsTs", ".png", 2, 4)
+        (tmp_path / "imagesTs" / f"case_{i}_0000.png").touch()
+    (tmp_path / "imagesTs" / "case_3_0001.png").touch()  # a second file channel for one case
+    cases = held_out_cases(tmp_path / "imagesTs", tmp_path / "labelsTs", ".png", 4)
     assert [c.name for c in cases] == ["case_0", "case_3", "case_6", "case_9"]
+    assert cases[0].images == (str(tmp_path / "imagesTs" / "case_0_0000.png"),)
     assert cases[1].images == (str(tmp_path / "imagesTs" / "case_3_0000.png"),
                                str(tmp_path / "imagesTs" / "case_3_0001.png"))
-    assert len(held_out_cases(tmp_path / "imagesTs", tmp_path / "labelsTs", ".png", 1, None)) == 10
+    assert len(held_out_cases(tmp_path / "imagesTs", tmp_path / "labelsTs", ".png", None)) == 10
+    (tmp_path / "imagesTs" / "case_5_0000.png").unlink()
+    with pytest.raises(UserError, match="case_5.png has no image"):
+        held_out_cases(tmp_path / "imagesTs", tmp_path / "labelsTs", ".png", None)
 
 
 def test_default_curve_every_gives_about_eight_points():

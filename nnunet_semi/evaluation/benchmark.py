@@ -221,7 +221,7 @@ def learning_curves(runs: list[Run], configuration: str, plans: str, folds: list
         if test_set is None or schedule is None:
             continue
         dataset_json = load_dataset_json(raw_root() / run.dataset / "dataset.json")
-        cases = held_out_cases(*test_set, dataset_json["file_ending"], len(dataset_json["channel_names"]), max_cases)
+        cases = held_out_cases(*test_set, dataset_json["file_ending"], max_cases)
         label = f"{run.name} ({run.dataset})" if several else run.name
         evaluator, per_fold = None, {}
         for fold in folds:

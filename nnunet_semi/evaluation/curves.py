@@ -25,6 +25,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from tqdm import tqdm
 
 from nnunet_semi.core.snapshots import SNAPSHOT_FOLDER
+from nnunet_semi.errors import UserError
 from nnunet_semi.files import write_atomic
 
 SNAPSHOT_FILE = re.compile(r"epoch_(\d{4})_(student|teacher)\.pth$")
@@ -44,14 +45,21 @@ class CurvePoint:
     dice: float  # mean over classes of the mean over cases
 
 
-def held_out_cases(images_folder: Path, labels_folder: Path, file_ending: str, num_channels: int,
-               max_cases: int | None) -> list[HeldOutCase]:
-    """The labeled test cases, or an evenly spaced subset of at most ``max_cases`` of them (sorted by name)."""
+def held_out_cases(images_folder: Path, labels_folder: Path, file_ending: str, max_cases: int | None
+                   ) -> list[HeldOutCase]:
+    """The labeled test cases, or an evenly spaced subset of at most ``max_cases`` of them (sorted by name), each with
+    its image files ``<case>_XXXX<ending>`` (one per file channel: an RGB PNG is one file for three channels)."""
     names = sorted(p.name[: -len(file_ending)] for p in labels_folder.glob(f"*{file_ending}"))
     if max_cases is not None and len(names) > max_cases:
         names = [names[i] for i in np.unique(np.linspace(0, len(names) - 1, max_cases).round().astype(int))]
-    return [HeldOutCase(n, tuple(str(images_folder / f"{n}_{c:04d}{file_ending}") for c in range(num_channels)),
-                     str(labels_folder / f"{n}{file_ending}")) for n in names]
+    cases = []
+    for name in names:
+        images = tuple(sorted(str(p) for p in images_folder.glob(f"{name}_[0-9][0-9][0-9][0-9]{file_ending}")))
+        if not images:
+            raise UserError(f"{labels_folder / (name + file_ending)} has no image in {images_folder} (expected "
+                            f"{name}_0000{file_ending}): restore it or remove the label.")
+        cases.append(HeldOutCase(name, images, str(labels_folder / f"{name}{file_ending}")))
+    return cases
 
 
 def snapshot_files(fold_folder: Path) -> dict[str, Path]:
