@@ -117,10 +117,10 @@ def test_no_snapshots_without_the_variable_and_bad_values_are_refused(tmp_path: 
 def test_curve_table_and_plot(tmp_path: Path):
     points = {0: [CurvePoint(2, "student", 0.5), CurvePoint(2, "teacher", 0.6), CurvePoint(4, "student", 0.7)],
               1: [CurvePoint(2, "student", 0.3), CurvePoint(2, "teacher", 0.4), CurvePoint(4, "student", 0.9)]}
-    rows = curve_table({"Mean Teacher": points}, 50)
+    rows = curve_table("Mean Teacher", points, 50)
     assert rows[0] == {"row": "Mean Teacher", "network": "student", "iterations": 100, "fold": 0, "dice": 0.5}
     assert sorted({r["iterations"] for r in rows}) == [100, 200]
-    rows += curve_table({"vanilla": {0: [CurvePoint(4, "student", 0.6)]}}, 50)
+    rows += curve_table("vanilla", {0: [CurvePoint(4, "student", 0.6)]}, 50)
     plot_learning_curves(rows, {"Mean Teacher": "method", "vanilla": "reference"}, "iterations",
                          tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000

@@ -228,7 +228,7 @@ def learning_curves(runs: list[Run], configuration: str, plans: str, folds: list
             cache = output / "curves" / run.dataset / run.trainer / f"fold_{fold}.json"
             per_fold[fold], evaluator = evaluate_fold(model_folder, fold, cases, cache, torch.device(device),
                                                       evaluator)
-        new_rows = curve_table({label: per_fold}, schedule[1])
+        new_rows = curve_table(label, per_fold, schedule[1])
         if new_rows:
             rows += new_rows
             roles[label] = run.role

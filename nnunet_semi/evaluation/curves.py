@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from nnunet_semi.core.snapshots import SNAPSHOT_FOLDER
 from nnunet_semi.errors import UserError
+from nnunet_semi.evaluation.folders import label_classes
 from nnunet_semi.files import write_atomic
 
 SNAPSHOT_FILE = re.compile(r"epoch_(\d{4})_(student|teacher)\.pth$")
@@ -91,10 +92,8 @@ class SnapshotEvaluator:
         self.predictor.initialize_from_trained_model_folder(str(model_folder), (fold,),
                                                             f"{SNAPSHOT_FOLDER}/{first_snapshot}")
         p = self.predictor
-        label_manager = p.label_manager
-        self.classes = label_manager.foreground_regions if label_manager.has_regions else \
-            label_manager.foreground_labels
-        self.ignore_label = label_manager.ignore_label
+        self.classes = list(label_classes(p.dataset_json).values())
+        self.ignore_label = p.label_manager.ignore_label
         preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
         reader = p.plans_manager.image_reader_writer_class()
         self.cases = []
@@ -141,8 +140,7 @@ def evaluate_fold(model_folder: Path, fold: int, cases: Sequence[HeldOutCase], c
     return points, evaluator
 
 
-def curve_table(curves: Mapping[str, Mapping[int, Sequence[CurvePoint]]], iterations_per_epoch: int
-                ) -> list[dict]:
-    """CSV rows (row, network, iterations, fold, dice) from ``{row label: {fold: points}}``."""
+def curve_table(row: str, folds: Mapping[int, Sequence[CurvePoint]], iterations_per_epoch: int) -> list[dict]:
+    """CSV rows (row, network, iterations, fold, dice) of one report row's curves, ``{fold: points}``."""
     return [{"row": row, "network": p.network, "iterations": p.epochs * iterations_per_epoch, "fold": fold,
-             "dice": p.dice} for row, folds in curves.items() for fold, points in folds.items() for p in points]
+             "dice": p.dice} for fold, points in folds.items() for p in points]
