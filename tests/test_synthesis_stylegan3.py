@@ -56,6 +56,26 @@ def test_upfirdn2d_up_down_and_padding():
     assert upfirdn2d(ramp, torch.ones(1), padding=(-1, -2)).shape == (1, 1, 5, 5)  # negative padding crops
 
 
+def reference_upfirdn_1d(signal: np.ndarray, taps: np.ndarray, up: int, down: int, lo: int, hi: int) -> np.ndarray:
+    """The textbook definition: zero insertion, pad (negative crops), full convolution with the taps, keep the valid
+    part, every down-th sample."""
+    stuffed = np.zeros(len(signal) * up)
+    stuffed[::up] = signal
+    padded = np.pad(stuffed, (max(lo, 0), max(hi, 0)))[max(-lo, 0):len(stuffed) + max(lo, 0) + hi]
+    return np.convolve(padded, taps, mode="valid")[::down]
+
+
+@pytest.mark.parametrize("up, down, padding", [(2, 1, (5, 6)), (1, 2, (0, 0)), (2, 2, (-3, 8)), (1, 1, (3, -2))])
+def test_upfirdn2d_matches_the_separable_definition(up, down, padding):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(9, 11))
+    taps = rng.normal(size=7)
+    rows = np.stack([reference_upfirdn_1d(r, taps, up, down, *padding) for r in image])
+    expected = 3.0 * np.stack([reference_upfirdn_1d(c, taps, up, down, *padding) for c in rows.T]).T
+    result = upfirdn2d(torch.tensor(image)[None, None], torch.tensor(taps), up, down, padding, gain=3.0)
+    np.testing.assert_allclose(result[0, 0].numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
 def test_gaussian_blur_hand_value():
     x = torch.zeros(1, 1, 7, 7)
     x[0, 0, 3, 3] = 1.0

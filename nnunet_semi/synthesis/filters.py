@@ -35,29 +35,40 @@ def lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float) -> torc
     return torch.tensor(h / h.sum(), dtype=torch.float32)
 
 
+def resampling_matrix(taps: torch.Tensor, size: int, up: int, down: int, padding: tuple[int, int],
+                      gain: float) -> torch.Tensor:
+    """The 1-D upfirdn as a matrix [size, size']: zero insertion (sample k at k * up), padding ``padding`` (negative
+    crops), correlation with the flipped ``taps`` times ``gain``, every ``down``-th output kept.
+
+    Entry [k, m] = gain * taps[T - 1 - t] with t = k * up + lo - m * down when 0 <= t < T, else 0.
+    """
+    lo, hi = padding
+    num_taps = taps.numel()
+    out = (size * up + lo + hi - num_taps) // down + 1
+    if out < 1:
+        raise ValueError(f"upfirdn: {size} samples (up {up}, padding {padding}) are fewer than the {num_taps} taps")
+    k = torch.arange(size, device=taps.device)[:, None]
+    m = torch.arange(out, device=taps.device)[None, :]
+    t = k * up + lo - m * down
+    valid = (t >= 0) & (t < num_taps)
+    flipped = taps.flip(0) * gain
+    return torch.where(valid, flipped[t.clamp(0, num_taps - 1)], torch.zeros((), dtype=taps.dtype, device=taps.device))
+
+
 def upfirdn2d(x: torch.Tensor, taps: torch.Tensor, up: int = 1, down: int = 1,
               padding: tuple[int, int] = (0, 0), gain: float = 1.0) -> torch.Tensor:
     """Upsample by zero insertion, pad (negative crops), filter with the separable ``taps`` along both axes, keep
     every ``down``-th sample. x [N, C, H, W] -> [N, C, H', W']; ``gain`` multiplies the 2-D filter.
 
-    Channels are folded into the batch so that both 1-D passes are single-channel convolutions (several times
-    faster on CPUs than depthwise ones), and the second pass computes only the kept samples (stride ``down``).
+    Each axis is one matrix product with its ``resampling_matrix`` (zero insertion, filter and stride folded in):
+    dense products run near the machine's peak on CPUs and GPUs, where single-channel convolutions over the
+    zero-stuffed signal ran at a few percent of it.
     """
-    n, c, h, w = x.shape
-    if up > 1:  # sample k of the input lands at k * up, zeros in between
-        x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
-    lo, hi = padding
-    x = F.pad(x, [max(lo, 0), max(hi, 0), max(lo, 0), max(hi, 0)])
-    x = x[:, :, max(-lo, 0):x.shape[2] - max(-hi, 0), max(-lo, 0):x.shape[3] - max(-hi, 0)]
-    if taps.numel() == 1:  # the identity filter (lowpass_filter with one tap): no device read of the tap
-        x = x[:, :, ::down, ::down]
-        return x * gain if gain != 1.0 else x
-    f = (taps * math.sqrt(gain)).flip(0).to(x.dtype)
-    size = x.shape[2:]
-    x = x.reshape(n * c, 1, *size)
-    x = F.conv2d(x, f.view(1, 1, 1, -1), stride=(1, down))
-    x = F.conv2d(x, f.view(1, 1, -1, 1), stride=(down, 1))
-    return x.reshape(n, c, *x.shape[2:])
+    h, w = x.shape[-2:]
+    axis_gain = math.sqrt(gain)
+    rows = resampling_matrix(taps.to(x.dtype), h, up, down, padding, axis_gain)
+    cols = resampling_matrix(taps.to(x.dtype), w, up, down, padding, axis_gain) if w != h else rows
+    return torch.matmul(rows.T, torch.matmul(x, cols))
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
