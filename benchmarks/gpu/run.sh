@@ -6,7 +6,8 @@
 # Usage: benchmarks/gpu/run.sh [--smoke] [--kit DIR] [--budget EPOCHSxITS] [--folds "0 1 2"] [--deadline-s S]
 #   default: --budget 20x50 (1000 iterations at nnU-Net's planned batch), --folds 0, --deadline-s 480, -device cuda
 #   --smoke: this CPU machine, the current Python environment (nothing installed), --budget 2x2, -device cpu,
-#            vanilla and Mean Teacher only (it checks the kit's plumbing; SRA-Seg has its own end-to-end test)
+#            vanilla and Mean Teacher only, no learning curves (it checks the kit's plumbing; SRA-Seg and the curves
+#            have their own end-to-end tests)
 # Everything runs against a hard deadline (default 8 minutes from the start): the trainings share what is left after
 # setup minus a reserve for prediction and evaluation; a training past its share stops after its epoch with
 # nnU-Net's final checkpoint and validation, and results.json says so ("stopped_at_time_limit").
@@ -21,6 +22,7 @@ folds="0"
 deadline_s=480
 reserve_s=150  # prediction of the test set by every model, evaluation and the report
 trainers="nnUNetTrainerMeanTeacher nnUNetTrainerSRASeg"
+curves=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; shift ;;
@@ -41,6 +43,7 @@ trap 'exec >&- 2>&-; wait "$tee_pid" 2>/dev/null || true' EXIT  # the log's last
 
 if [ "$smoke" = 1 ]; then
   device=cpu; budget=2x2; reserve_s=60; trainers="nnUNetTrainerMeanTeacher"
+  curves="--curve-every 0"  # learning curves have their own tests
   export nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-2} nnUNet_def_n_proc=${nnUNet_def_n_proc:-2}
 else
   device=cuda
@@ -73,7 +76,7 @@ status=0
 # shellcheck disable=SC2086
 timeout --kill-after=10 "$hard_stop_s" nnunet-semi benchmark 502 -c 2d -tr $trainers -f $folds --budget "$budget" \
   --time-limit "$(python -c "print($training_s / 60)")" \
-  --no-upper-bound -device "$device" -o "$work/benchmark" --title "GPU kit: Kvasir-SEG 10 % at 256 x 256" || status=$?
+  --no-upper-bound $curves -device "$device" -o "$work/benchmark" --title "GPU kit: Kvasir-SEG 10 % at 256 x 256" || status=$?
 python "$here/results.py" "$work/benchmark" -o "$out" --start "$start" --deadline-s "$deadline_s" \
   --smoke "$smoke" --benchmark-status "$status"
 exit "$status"
