@@ -23,6 +23,7 @@ from nnunet_semi.trainers import (
     nnUNetTrainerSCDL_CPS,
     nnUNetTrainerSRASeg,
     nnUNetTrainerSSGNet,
+    nnUNetTrainerUniMatch,
 )
 
 
@@ -124,6 +125,10 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerSCDL, {"sac_max_classes": 0}, "sac_max_classes"),
     (nnUNetTrainerSCDL_CPS, {"cdba_weight": -0.1}, "cdba_weight"),
     (nnUNetTrainerSCDL_CPS, {"use_priors": "yes"}, "use_priors"),
+    (nnUNetTrainerUniMatch, {"confidence_threshold": 1.5}, "confidence_threshold"),
+    (nnUNetTrainerUniMatch, {"feature_dropout": 1.0}, "feature_dropout"),
+    (nnUNetTrainerUniMatch, {"unlabeled_weak_views": 0}, "unlabeled_weak_views"),
+    (nnUNetTrainerMeanTeacher, {"unlabeled_weak_views": 3}, "unlabeled_weak_views"),
 ])
 def test_bad_hyperparameters_stop_at_construction(trainer_class, attributes, message):
     with pytest.raises(UserError, match=message):

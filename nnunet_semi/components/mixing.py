@@ -1,5 +1,8 @@
-"""Copy-paste mixing with soft edges (bidirectional copy-paste, Bai et al. CVPR 2023; soft edges from SRA-Seg)."""
+"""Box mixing: copy-paste with soft edges (bidirectional copy-paste, Bai et al. CVPR 2023; soft edges from SRA-Seg)
+and CutMix boxes (Yun et al. ICCV 2019, as UniMatch draws them)."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -41,3 +44,32 @@ def soft_box_mask(batch_size: int, spatial_shape: tuple[int, ...], hole_fraction
 def blend(outside: torch.Tensor, inside: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """alpha * outside + (1 - alpha) * inside, for images and (soft) label maps alike."""
     return alpha * outside + (1 - alpha) * inside
+
+
+def cutmix_box_mask(batch_size: int, spatial_shape: tuple[int, ...], probability: float = 0.5,
+                    volume_range: tuple[float, float] = (0.02, 0.4), aspect_range: tuple[float, float] = (0.3, 1 / 0.3),
+                    device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 1, *spatial) float mask: 1 inside one CutMix box per sample (drawn with ``probability``), 0 elsewhere.
+
+    The box covers a uniform fraction of ``volume_range`` of the patch; its side lengths deviate from the cube's by
+    factors exp(a_i), with log-aspects a_i uniform in +-log(aspect_range) / 2 and centred to sum 0 (in 2D: the
+    ratio of its sides is in ``aspect_range``, as UniMatch's boxes); sides are clipped to the patch and the box is
+    placed uniformly inside it.
+    """
+    mask = torch.zeros((batch_size, 1, *spatial_shape), device=device)
+    d = len(spatial_shape)
+    low, high = (math.log(a) / 2 for a in aspect_range)
+    for b in range(batch_size):
+        if float(torch.rand((), generator=generator)) >= probability:
+            continue
+        fraction = volume_range[0] + (volume_range[1] - volume_range[0]) * float(torch.rand((), generator=generator))
+        log_aspects = low + (high - low) * torch.rand(d, generator=generator)
+        log_aspects -= log_aspects.mean()
+        cube_side = (fraction * math.prod(spatial_shape)) ** (1 / d)
+        box = []
+        for size, a in zip(spatial_shape, log_aspects.tolist()):
+            side = min(size, max(1, round(cube_side * math.exp(a))))
+            start = int(torch.randint(0, size - side + 1, (1,), generator=generator))
+            box.append(slice(start, start + side))
+        mask[(b, 0, *box)] = 1
+    return mask

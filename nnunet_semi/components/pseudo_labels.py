@@ -29,3 +29,18 @@ def filtered_hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
     filtered = np.stack([largest_component_per_class(sample, num_classes) for sample in hard])
     one_hot = F.one_hot(torch.from_numpy(filtered).long().to(logits.device), num_classes)
     return one_hot.movedim(-1, 1).float()
+
+
+def confident_pseudo_labels(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, *spatial) logits -> hard pseudo-labels (B, 1, *spatial) (argmax of the softmax, no gradient) and the
+    float mask (B, 1, *spatial) of voxels whose top probability is at least ``threshold``."""
+    with torch.no_grad():
+        confidence, labels = torch.softmax(logits.float(), 1).max(1, keepdim=True)
+    return labels, (confidence >= threshold).float()
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean_i mask_i * CE(logits_i, labels_i) over every voxel i of the batch (FixMatch / UniMatch: unconfident
+    voxels count as 0, so the loss grows with the confident share instead of jumping when few voxels pass).
+    logits (B, C, *spatial), labels and mask (B, 1, *spatial)."""
+    return (F.cross_entropy(logits.float(), labels[:, 0].long(), reduction="none") * mask[:, 0]).mean()

@@ -100,7 +100,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
       always trained on and never validated: cases of a validation fold that are unlabeled move to training.
     * Each step draws a labeled batch (nnU-Net's loader, unchanged) and, from ``unlabeled_start_step`` on, an
       unlabeled batch (nnU-Net's loader and augmentation in background workers, ``unlabeled_views`` voxel-aligned
-      views per crop; before that step :meth:`compute_train_losses` receives an empty tuple).
+      views per crop, the first ``unlabeled_weak_views`` of them without photometric transforms; before that step :meth:`compute_train_losses` receives an empty tuple).
     * The ignore label marks unlabeled cases only; when no labeled case contains ignore voxels, the labeled part
       trains exactly as vanilla nnU-Net does on the labeled-only twin dataset (same loss, same crop sampling).
       Labeled cases with ignore voxels (sparse annotations) keep nnU-Net's ignore-label handling.
@@ -138,6 +138,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     unlabeled_batch_ratio: float = 1.0
     unlabeled_views: int = 1
+    unlabeled_weak_views: int = 0
     ema_decay: float | None = None
     exported_network: str = "student"
     extra_module_lr_scale: dict[str, float] = {}
@@ -162,6 +163,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         self.require("unlabeled_batch_ratio", self.unlabeled_batch_ratio > 0, "> 0")
         self.require("unlabeled_views", isinstance(self.unlabeled_views, int) and self.unlabeled_views >= 1,
                      "an integer >= 1")
+        self.require("unlabeled_weak_views", isinstance(self.unlabeled_weak_views, int) and
+                     0 <= self.unlabeled_weak_views <= self.unlabeled_views, "an integer in [0, unlabeled_views]")
         self.require("ema_decay", self.ema_decay is None or 0 <= self.ema_decay < 1, "None or in [0, 1)")
         self.require("exported_network", self.exported_network in ("student", "teacher"), "'student' or 'teacher'")
         self.require("exported_network", self.exported_network == "student" or self.ema_decay is not None,
@@ -247,7 +250,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
             return dataloader_train, dataloader_val
         self.dataloader_unlabeled = self._build_unlabeled_dataloader()
         self.print_to_log_file(f"Unlabeled cases: {len(self.unlabeled_keys)}, unlabeled batch size "
-                               f"{self.unlabeled_batch_size}, views per crop {self.unlabeled_views}")
+                               f"{self.unlabeled_batch_size}, views per crop {self.unlabeled_views} "
+                               f"({self.unlabeled_weak_views} without photometric augmentation)")
         return dataloader_train, dataloader_val
 
     def _build_unlabeled_dataloader(self):
@@ -260,7 +264,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
             foreground_labels=self.label_manager.foreground_labels)
         loader = nnUNetUnlabeledDataLoader(
             self.dataset_class(self.preprocessed_dataset_folder, self.unlabeled_keys), self.unlabeled_batch_size,
-            initial_patch_size, patch_size, self.label_manager, UnlabeledViews(pipeline, self.unlabeled_views))
+            initial_patch_size, patch_size, self.label_manager, UnlabeledViews(pipeline, self.unlabeled_views, self.unlabeled_weak_views))
         num_processes = get_allowed_n_proc_DA()
         if num_processes == 0:
             return SingleThreadedAugmenter(loader, None)

@@ -65,25 +65,28 @@ class UnlabeledViews(BasicTransform):
 
     Geometric transforms run once, photometric transforms run independently for each view, so views differ in
     appearance but not in geometry and predictions on them can be compared voxel by voxel (Mean Teacher's
-    "differently augmented" inputs). Views are stacked along the channel axis: the image becomes
+    "differently augmented" inputs). The first ``weak_views`` views skip the photometric transforms (geometry
+    only: UniMatch's weak view next to its strong ones). Views are stacked along the channel axis: the image becomes
     ``(num_views * C, ...)``; :func:`split_views` undoes that on a batch. Photometric transforms commute with the
     geometric ones in distribution, so moving mirroring before them (nnU-Net mirrors last) changes nothing.
     """
 
-    def __init__(self, training_pipeline: BasicTransform, num_views: int = 1):
+    def __init__(self, training_pipeline: BasicTransform, num_views: int = 1, weak_views: int = 0):
         super().__init__()
-        if num_views < 1:
-            raise ValueError("num_views must be >= 1")
+        if num_views < 1 or not 0 <= weak_views <= num_views:
+            raise ValueError(f"need num_views >= 1 and 0 <= weak_views <= num_views, got {num_views}, {weak_views}")
         geometric, photometric = split_geometric_and_photometric(training_pipeline)
         self.geometric = ComposeTransforms(geometric)
         self.photometric = ComposeTransforms(photometric)
         self.num_views = num_views
+        self.weak_views = weak_views
 
     def apply(self, data_dict: dict, **params) -> dict:
         data_dict = self.geometric(**data_dict)
         segmentation = data_dict["segmentation"]
-        views = [self.photometric(image=data_dict["image"].clone(), segmentation=segmentation)["image"]
-                 for _ in range(self.num_views)]
+        strong = [self.photometric(image=data_dict["image"].clone(), segmentation=segmentation)["image"]
+                  for _ in range(self.num_views - self.weak_views)]
+        views = [data_dict["image"]] * self.weak_views + strong
         return {"image": torch.cat(views), "segmentation": segmentation}
 
 

@@ -1,0 +1,135 @@
+"""UniMatch (Yang, Qi, Feng, Zhang, Shi, "Revisiting Weak-to-Strong Consistency in Semi-Supervised Semantic
+Segmentation", CVPR 2023) on nnU-Net: confident pseudo-labels from a weakly augmented view supervise two strongly
+augmented views and a feature-perturbed decoding of the weak view.
+
+Views of each unlabeled crop share nnU-Net's geometric augmentation (spatial transform, mirroring), so they are
+voxel-aligned: the weak view has no photometric transform, the two strong views each get nnU-Net's photometric
+transforms independently (noise, blur, brightness, contrast, low resolution, gamma) and a CutMix box.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.utilities.helpers import softmax_helper_dim1
+
+from nnunet_semi.components.mixing import cutmix_box_mask
+from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
+from nnunet_semi.core.teacher import unwrap_network
+from nnunet_semi.core.trainer import Batch, full_resolution, nnUNetTrainerSemi, split_batch_outputs
+from nnunet_semi.errors import UserError
+
+
+def channel_dropout(features: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout of whole channels (Dropout2d / Dropout3d) of (B, C, *spatial) features, always active."""
+    return (F.dropout3d if features.ndim == 5 else F.dropout2d)(features, p, training=True)
+
+
+@contextlib.contextmanager
+def perturbed_feature_copies(network: torch.nn.Module, start: int, stop: int, p: float):
+    """While active, the encoder's skip features of samples ``start:stop`` are appended to the batch once more with
+    channel dropout ``p``, so that the decoder also returns their feature-perturbed predictions at the end of its
+    batch (UniMatch's FP stream, Sec. 3.2), in the same forward pass as everything else."""
+    def hook(module, inputs, skips):
+        return [torch.cat((s, channel_dropout(s[start:stop], p))) for s in skips]
+
+    handle = unwrap_network(network).encoder.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def paste(x: torch.Tensor, box: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """CutMix: ``x[partner]`` inside ``box`` (B, 1, *spatial; 1 inside), ``x`` elsewhere. x (B, C, *spatial)."""
+    return torch.where(box.bool(), x[partner], x)
+
+
+class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
+    """Loss per step (no EMA teacher and no ramp-up: the confidence threshold holds the unlabeled terms back while
+    the network is unsure):
+
+        L = L_s + unsupervised_weight * (fp_weight * L_fp + strong_weight * (L_s1 + L_s2) / 2)
+
+    L_s is nnU-Net's Dice + CE with deep supervision on the labeled batch. Each unlabeled term compares a
+    prediction with the argmax of p^w, the detached prediction on the weak view (same network, same forward pass),
+    at voxels where max p^w >= ``confidence_threshold`` (Sec. 3.1, FixMatch's loss): nnU-Net's soft Dice over those
+    voxels plus cross-entropy averaged over all voxels with the others at 0. L_s1, L_s2 (dual-stream, Sec. 3.3): the
+    two strong views, each with its own CutMix box taken from the next sample of the batch (its strong view and
+    its pseudo-label; a batch of one is not mixed). L_fp (Sec. 3.2): the weak view decoded from encoder features
+    with channel dropout ``feature_dropout``.
+
+    Differences from the released code, on purpose: it optimises (L_s + L_u) / 2 with fp 0.5 and strong 0.25 +
+    0.25; halving the whole loss only halves the learning rate, so nnU-Net's schedule is kept for L_s and
+    ``unsupervised_weight`` = 1 keeps the released balance between the terms. Its ACDC code uses Dice only on
+    unlabeled images; here they get Dice + CE like the labeled ones. Its CutMix partners come from a second
+    unlabeled batch predicted in eval mode (one more forward pass); here they are the batch's next sample, whose
+    weak prediction is already at hand. Label-based datasets only (regions have no single argmax pseudo-label).
+    """
+
+    unlabeled_views = 3  # weak, strong 1, strong 2
+    unlabeled_weak_views = 1
+    confidence_threshold = 0.95
+    feature_dropout = 0.5
+    cutmix_probability = 0.5
+    unsupervised_weight = 1.0
+    fp_weight = 0.5
+    strong_weight = 0.5
+    train_terms = ("loss_supervised", "loss_strong", "loss_fp", "confident_fraction")
+
+    def validate_hyperparameters(self) -> None:
+        super().validate_hyperparameters()
+        self.require("unlabeled_views", self.unlabeled_views == 3, "3 (one weak and two strong views)")
+        self.require("unlabeled_weak_views", self.unlabeled_weak_views == 1, "1 (the weak view comes first)")
+        self.require("confidence_threshold", 0 <= self.confidence_threshold <= 1, "in [0, 1]")
+        self.require("feature_dropout", 0 <= self.feature_dropout < 1, "in [0, 1)")
+        self.require("cutmix_probability", 0 <= self.cutmix_probability <= 1, "in [0, 1]")
+        for name in ("unsupervised_weight", "fp_weight", "strong_weight"):
+            self.require(name, getattr(self, name) >= 0, ">= 0")
+
+    def initialize(self):
+        super().initialize()
+        if self.label_manager.has_regions:
+            raise UserError(f"{type(self).__name__} needs a label-based dataset: UniMatch's pseudo-labels are one "
+                            f"class per voxel, and {self.plans_manager.dataset_name} defines regions.")
+        self.unlabeled_dice = MemoryEfficientSoftDiceLoss(softmax_helper_dim1, self.configuration_manager.batch_dice,
+                                                          do_bg=False, smooth=1e-5, ddp=self.is_ddp)
+
+    def unlabeled_loss(self, logits: torch.Tensor, labels: torch.Tensor, confident: torch.Tensor) -> torch.Tensor:
+        """Soft Dice over confident voxels + CE with unconfident voxels at 0. logits (B, C, *spatial); labels and
+        confident (B, 1, *spatial)."""
+        return (self.unlabeled_dice(logits, labels, loss_mask=confident)
+                + masked_cross_entropy(logits, labels, confident))
+
+    def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        weak, strong_1, strong_2 = unlabeled
+        n_labeled, n_unlabeled = labeled["data"].shape[0], weak.shape[0]
+        boxes = [cutmix_box_mask(n_unlabeled, tuple(weak.shape[2:]), self.cutmix_probability, device=weak.device)
+                 for _ in range(2)]
+        partner = torch.roll(torch.arange(n_unlabeled, device=weak.device), -1)
+        mixed = [paste(strong, box, partner) for strong, box in zip((strong_1, strong_2), boxes)]
+        with perturbed_feature_copies(self.network, n_labeled, n_labeled + n_unlabeled, self.feature_dropout):
+            outputs = self.training_forward(self.network, torch.cat((labeled["data"], weak, *mixed)))
+        labeled_outputs, unlabeled_outputs = split_batch_outputs(outputs, n_labeled)
+        weak_logits, logits_1, logits_2, fp_logits = full_resolution(unlabeled_outputs).split(n_unlabeled)
+        labels, confident = confident_pseudo_labels(weak_logits, self.confidence_threshold)
+        loss_supervised = self.loss(labeled_outputs, labeled["target"])
+        loss_fp = self.unlabeled_loss(fp_logits, labels, confident)  # Sec. 3.2
+        loss_strong = sum(self.unlabeled_loss(logits, paste(labels, box, partner), paste(confident, box, partner))
+                          for logits, box in zip((logits_1, logits_2), boxes)) / 2  # Sec. 3.3
+        loss_unlabeled = self.fp_weight * loss_fp + self.strong_weight * loss_strong
+        return {"loss": loss_supervised + self.unsupervised_weight * loss_unlabeled,
+                "loss_supervised": loss_supervised, "loss_strong": loss_strong, "loss_fp": loss_fp,
+                "confident_fraction": confident.mean()}
+
+
+class nnUNetTrainerUniMatch_noFP(nnUNetTrainerUniMatch):
+    """Ablation: no feature-perturbation stream (its decoder pass is still run; the term has weight 0)."""
+
+    fp_weight = 0.0
+
+
+class nnUNetTrainerUniMatch_noCutMix(nnUNetTrainerUniMatch):
+    cutmix_probability = 0.0

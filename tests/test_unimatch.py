@@ -1,0 +1,133 @@
+"""UniMatch: its pseudo-label loss against hand values, CutMix boxes, the weak view, the feature-perturbation stream
+(also under DDP), and a 2d training through stock nnUNetv2_train / nnUNetv2_predict."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
+from torch.nn.parallel import DistributedDataParallel
+
+from e2e_support import assert_terms_logged
+from nnunet_semi.components.mixing import cutmix_box_mask
+from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
+from nnunet_semi.core.unlabeled import UnlabeledViews, split_views
+from nnunet_semi.trainers.unimatch import paste, perturbed_feature_copies
+from test_ddp import _tiny_unet
+
+
+def test_masked_cross_entropy_hand_value():
+    logits = torch.tensor([[[0.0, 0.0]], [[math.log(3), 0.0]]])[None]  # (1, 2 classes, 1, 2): p(1) = 3/4, 1/2
+    labels = torch.tensor([[[[1, 0]]]])
+    mask = torch.tensor([[[[1.0, 0.0]]]])
+    # voxel 0: -log(3/4), voxel 1 masked out; mean over both voxels
+    assert masked_cross_entropy(logits, labels, mask).item() == pytest.approx(math.log(4 / 3) / 2)
+
+
+def test_confident_pseudo_labels():
+    logits = torch.tensor([[[0.0, 0.0]], [[math.log(99.0), 0.0]]])[None]  # voxel 0: p(1) = 0.99; voxel 1: a tie
+    labels, confident = confident_pseudo_labels(logits.requires_grad_(), 0.95)
+    assert labels.tolist() == [[[[1, 0]]]] and confident.tolist() == [[[[1.0, 0.0]]]]
+    assert not labels.requires_grad and not confident.requires_grad
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (16, 20, 24)])
+def test_cutmix_boxes(shape):
+    generator = torch.Generator().manual_seed(0)
+    assert cutmix_box_mask(3, shape, probability=0.0, generator=generator).sum() == 0
+    masks = cutmix_box_mask(64, shape, probability=1.0, generator=generator)
+    assert masks.shape == (64, 1, *shape)
+    for mask in masks[:, 0]:
+        where = mask.nonzero()
+        extent = where.max(0).values - where.min(0).values + 1
+        assert mask.sum() == extent.prod()  # one solid box
+        assert 0.01 <= float(mask.mean()) <= 0.45  # volume fraction in [0.02, 0.4] up to rounding of the sides
+    half = cutmix_box_mask(400, shape, probability=0.5, generator=generator)
+    assert 0.4 < float((half.flatten(1).sum(1) > 0).float().mean()) < 0.6
+
+
+def test_paste_takes_the_partner_inside_the_box():
+    x = torch.arange(2.0)[:, None, None, None].expand(2, 1, 2, 2)
+    box = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 1.0]]]])
+    partner = torch.tensor([1, 0])
+    assert paste(x, box, partner)[:, 0].tolist() == [[[1, 0], [0, 0]], [[1, 1], [1, 0]]]
+
+
+def test_weak_view_has_geometry_only():
+    torch.manual_seed(0)
+    pipeline = ComposeTransforms([MirrorTransform(allowed_axes=(0, 1)),
+                                  RandomTransform(GaussianNoiseTransform(noise_variance=(0.5, 0.5)), 1.0)])
+    image = 100 * torch.arange(16, dtype=torch.float32).reshape(1, 4, 4)
+    out = UnlabeledViews(pipeline, num_views=3, weak_views=1)(image=image.clone(), segmentation=torch.zeros(1, 4, 4))
+    weak, strong_1, strong_2 = split_views(out["image"][None], 3)
+    assert torch.equal(torch.sort(weak.flatten()).values, image.flatten())  # only moved, values untouched
+    assert not torch.equal(strong_1, strong_2) and not torch.equal(weak, strong_1)
+    assert torch.equal(torch.round(strong_1 / 100), weak / 100)  # same geometry as the weak view
+    with pytest.raises(ValueError, match="weak_views"):
+        UnlabeledViews(pipeline, num_views=2, weak_views=3)
+
+
+def test_feature_perturbation_appends_dropped_copies_of_the_chosen_samples():
+    torch.manual_seed(0)
+    network = _tiny_unet().eval()
+    x = torch.randn(3, 1, 8, 8)
+    with perturbed_feature_copies(network, 1, 3, p=0.0):  # no dropout: the copies decode to the same logits
+        out = network(x)
+    assert out.shape == (5, 3, 8, 8) and torch.allclose(out[3:], out[1:3], atol=1e-6)
+    with perturbed_feature_copies(network, 1, 3, p=0.5):
+        dropped = network(x)
+    assert not torch.allclose(dropped[3:], out[1:3])
+    assert network(x).shape == (3, 3, 8, 8)  # the hook is gone afterwards
+
+
+def _fp_gradient_worker(rank: int, world_size: int, init_file: str, results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    network, reference = _tiny_unet(), _tiny_unet()
+    reference.load_state_dict(network.state_dict())
+    ddp = DistributedDataParallel(network)
+    torch.manual_seed(10 + rank)
+    x = torch.randn(4, 1, 8, 8)
+
+    def loss(model):
+        torch.manual_seed(50 + rank)  # the same dropout masks in both passes
+        with perturbed_feature_copies(model, 2, 4, 0.5):
+            return model(x).square().mean()
+
+    loss(ddp).backward()
+    loss(reference).backward()  # this rank's own gradient, no DDP
+    expected = [p.grad.clone() for p in reference.parameters()]
+    for g in expected:
+        dist.all_reduce(g)
+        g /= world_size
+    results[rank] = all(torch.allclose(p.grad, e, atol=1e-6) for p, e in zip(network.parameters(), expected))
+    dist.destroy_process_group()
+
+
+def test_feature_perturbation_under_ddp_gets_averaged_gradients(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_fp_gradient_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    assert results[0] and results[1]
+
+
+@pytest.mark.e2e
+def test_2d_unimatch_trains_and_predicts(toy_2d):
+    trainer, dataset = "nnUNetTrainerUniMatch_2epochs_3its", "Dataset502_ToySemi6"
+    toy_2d.train(502, "2d", trainer)
+    final = toy_2d.checkpoint(dataset, trainer, "2d")
+    assert final["semi_state"]["global_step"] == 6 and "teacher" not in final["semi_state"]
+    assert_terms_logged(final, ("loss_supervised", "loss_strong", "loss_fp", "confident_fraction"), 2)
+    logging = final["logging"]
+    assert all(0 <= v <= 1 for v in logging["confident_fraction"])
+    assert all(np.isfinite(logging[t]).all() for t in ("loss_strong", "loss_fp"))
+    log = max(toy_2d.fold_dir(dataset, trainer, "2d").glob("training_log_*.txt")).read_text()
+    assert "views per crop 3 (1 without photometric augmentation)" in log
+    images, predictions = toy_2d.predict_test_set(dataset, 502, "2d", trainer)
+    assert len(list(predictions.glob("*.png"))) == len(list(images.glob("*.png")))
