@@ -79,12 +79,17 @@ def _encoder_gradient_worker(rank: int, world_size: int, init_file: str, results
     inputs = [torch.randn(2, 1, 8, 8) for _ in range(3)]
     _sra_like_loss(ddp, ddp, *inputs).backward()
     _sra_like_loss(reference, reference, *inputs).backward()  # this rank's own gradient, no DDP
+    results[rank] = gradients_are_rank_averages(network, reference, world_size)
+    dist.destroy_process_group()
+
+
+def gradients_are_rank_averages(network: nn.Module, reference: nn.Module, world_size: int) -> bool:
+    """Whether ``network``'s (DDP) gradients equal the mean over ranks of ``reference``'s (each rank's own)."""
     expected = [p.grad.clone() for p in reference.parameters()]
     for g in expected:
         dist.all_reduce(g)
         g /= world_size
-    results[rank] = all(torch.allclose(p.grad, e, atol=1e-6) for p, e in zip(network.parameters(), expected))
-    dist.destroy_process_group()
+    return all(torch.allclose(p.grad, e, atol=1e-6) for p, e in zip(network.parameters(), expected))
 
 
 def test_encoder_passes_outside_the_ddp_forward_get_averaged_gradients(tmp_path):

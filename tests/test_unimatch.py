@@ -20,7 +20,7 @@ from nnunet_semi.components.mixing import cutmix_box_mask
 from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
 from nnunet_semi.core.unlabeled import UnlabeledViews, split_views
 from nnunet_semi.trainers.unimatch import paste, perturbed_feature_copies
-from test_ddp import _tiny_unet
+from test_ddp import _tiny_unet, gradients_are_rank_averages
 
 
 def test_masked_cross_entropy_hand_value():
@@ -103,11 +103,7 @@ def _fp_gradient_worker(rank: int, world_size: int, init_file: str, results) -> 
 
     loss(ddp).backward()
     loss(reference).backward()  # this rank's own gradient, no DDP
-    expected = [p.grad.clone() for p in reference.parameters()]
-    for g in expected:
-        dist.all_reduce(g)
-        g /= world_size
-    results[rank] = all(torch.allclose(p.grad, e, atol=1e-6) for p, e in zip(network.parameters(), expected))
+    results[rank] = gradients_are_rank_averages(network, reference, world_size)
     dist.destroy_process_group()
 
 
