@@ -19,7 +19,7 @@ from e2e_support import assert_terms_logged
 from nnunet_semi.components.mixing import cutmix_box_mask
 from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
 from nnunet_semi.core.unlabeled import UnlabeledViews, split_views
-from nnunet_semi.trainers.unimatch import paste, perturbed_feature_copies
+from nnunet_semi.trainers.unimatch import FeaturePerturbedNetwork, paste
 from test_ddp import _tiny_unet, gradients_are_rank_averages
 
 
@@ -74,23 +74,27 @@ def test_weak_view_has_geometry_only():
         UnlabeledViews(pipeline, num_views=2, weak_views=3)
 
 
+def _perturbed_unet() -> FeaturePerturbedNetwork:
+    return FeaturePerturbedNetwork(_tiny_unet())
+
+
 def test_feature_perturbation_appends_dropped_copies_of_the_chosen_samples():
     torch.manual_seed(0)
-    network = _tiny_unet().eval()
+    network = _perturbed_unet().eval()
     x = torch.randn(3, 1, 8, 8)
-    with perturbed_feature_copies(network, 1, 3, p=0.0):  # no dropout: the copies decode to the same logits
-        out = network(x)
+    plain = network(x)
+    assert torch.equal(plain, network.planned(x))  # without the argument: the planned network
+    out = network(x, perturbed=(1, 3), dropout=0.0)  # no dropout: the copies decode to the same logits
     assert out.shape == (5, 3, 8, 8) and torch.allclose(out[3:], out[1:3], atol=1e-6)
-    with perturbed_feature_copies(network, 1, 3, p=0.5):
-        dropped = network(x)
+    assert torch.allclose(out[:3], plain, atol=1e-6)
+    dropped = network(x, perturbed=(1, 3), dropout=0.5)
     assert not torch.allclose(dropped[3:], out[1:3])
-    assert network(x).shape == (3, 3, 8, 8)  # the hook is gone afterwards
 
 
 def _fp_gradient_worker(rank: int, world_size: int, init_file: str, results) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     torch.manual_seed(0)
-    network, reference = _tiny_unet(), _tiny_unet()
+    network, reference = _perturbed_unet(), _perturbed_unet()
     reference.load_state_dict(network.state_dict())
     ddp = DistributedDataParallel(network)
     torch.manual_seed(10 + rank)
@@ -98,8 +102,7 @@ def _fp_gradient_worker(rank: int, world_size: int, init_file: str, results) -> 
 
     def loss(model):
         torch.manual_seed(50 + rank)  # the same dropout masks in both passes
-        with perturbed_feature_copies(model, 2, 4, 0.5):
-            return model(x).square().mean()
+        return model(x, perturbed=(2, 4), dropout=0.5).square().mean()
 
     loss(ddp).backward()
     loss(reference).backward()  # this rank's own gradient, no DDP

@@ -8,16 +8,16 @@ transforms independently (noise, blur, brightness, contrast, low resolution, gam
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.helpers import softmax_helper_dim1
+from torch import nn
 
 from nnunet_semi.components.mixing import cutmix_box_mask
 from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
-from nnunet_semi.core.teacher import unwrap_network
+from nnunet_semi.core.network import PlannedNetworkWrapper, planned_network
 from nnunet_semi.core.trainer import Batch, full_resolution, nnUNetTrainerSemi, split_batch_outputs
 from nnunet_semi.errors import UserError
 
@@ -27,19 +27,26 @@ def channel_dropout(features: torch.Tensor, p: float) -> torch.Tensor:
     return (F.dropout3d if features.ndim == 5 else F.dropout2d)(features, p, training=True)
 
 
-@contextlib.contextmanager
-def perturbed_feature_copies(network: torch.nn.Module, start: int, stop: int, p: float):
-    """While active, the encoder's skip features of samples ``start:stop`` are appended to the batch once more with
-    channel dropout ``p``, so that the decoder also returns their feature-perturbed predictions at the end of its
-    batch (UniMatch's FP stream, Sec. 3.2), in the same forward pass as everything else."""
-    def hook(module, inputs, skips):
-        return [torch.cat((s, channel_dropout(s[start:stop], p))) for s in skips]
+class FeaturePerturbedNetwork(PlannedNetworkWrapper):
+    """nnU-Net's planned U-Net whose training forward can also decode feature-perturbed copies of some samples
+    (UniMatch's FP stream, Sec. 3.2). ``forward(x)`` is the planned network (validation, ``nnUNetv2_predict``);
+    ``forward(x, perturbed=(start, stop), dropout=p)`` appends to the batch the samples ``start:stop`` decoded once
+    more from their encoder features with channel dropout ``p``, in the same pass (one DDP forward per step, no
+    hooks for torch.compile to miss)."""
 
-    handle = unwrap_network(network).encoder.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    def __init__(self, planned: nn.Module):
+        super().__init__(planned)
+        if not isinstance(planned.decoder, UNetDecoder):
+            raise UserError(f"UniMatch's feature perturbation needs nnU-Net's U-Net (an encoder returning its skips "
+                            f"and a UNetDecoder); the plans' architecture {type(planned).__name__} has decoder "
+                            f"{type(planned.decoder).__name__}.")
+
+    def forward(self, x: torch.Tensor, perturbed: tuple[int, int] | None = None, dropout: float = 0.5):
+        skips = self.encoder(x)
+        if perturbed is not None:
+            start, stop = perturbed
+            skips = [torch.cat((s, channel_dropout(s[start:stop], dropout))) for s in skips]
+        return self.decoder(skips)
 
 
 def paste(x: torch.Tensor, box: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
@@ -79,6 +86,12 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
     strong_weight = 0.5
     train_terms = ("loss_supervised", "loss_strong", "loss_fp", "confident_fraction")
 
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        return FeaturePerturbedNetwork(planned_network(plans_manager, configuration_manager, num_input_channels,
+                                                       num_output_channels, enable_deep_supervision))
+
     def validate_hyperparameters(self) -> None:
         super().validate_hyperparameters()
         self.require("unlabeled_views", self.unlabeled_views == 3, "3 (one weak and two strong views)")
@@ -110,8 +123,8 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
                  for _ in range(2)]
         partner = torch.roll(torch.arange(n_unlabeled, device=weak.device), -1)
         mixed = [paste(strong, box, partner) for strong, box in zip((strong_1, strong_2), boxes)]
-        with perturbed_feature_copies(self.network, n_labeled, n_labeled + n_unlabeled, self.feature_dropout):
-            outputs = self.training_forward(self.network, torch.cat((labeled["data"], weak, *mixed)))
+        outputs = self.network(torch.cat((labeled["data"], weak, *mixed)),
+                               perturbed=(n_labeled, n_labeled + n_unlabeled), dropout=self.feature_dropout)
         labeled_outputs, unlabeled_outputs = split_batch_outputs(outputs, n_labeled)
         weak_logits, logits_1, logits_2, fp_logits = full_resolution(unlabeled_outputs).split(n_unlabeled)
         labels, confident = confident_pseudo_labels(weak_logits, self.confidence_threshold)
