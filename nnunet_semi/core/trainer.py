@@ -100,7 +100,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
       always trained on and never validated: cases of a validation fold that are unlabeled move to training.
     * Each step draws a labeled batch (nnU-Net's loader, unchanged) and, from ``unlabeled_start_step`` on, an
       unlabeled batch (nnU-Net's loader and augmentation in background workers, ``unlabeled_views`` voxel-aligned
-      views per crop, the first ``unlabeled_weak_views`` of them without photometric transforms; before that step :meth:`compute_train_losses` receives an empty tuple).
+      views per crop, the first ``unlabeled_weak_views`` of them without photometric transforms; before that step
+      :meth:`compute_train_losses` receives an empty tuple).
     * The ignore label marks unlabeled cases only; when no labeled case contains ignore voxels, the labeled part
       trains exactly as vanilla nnU-Net does on the labeled-only twin dataset (same loss, same crop sampling).
       Labeled cases with ignore voxels (sparse annotations) keep nnU-Net's ignore-label handling.
@@ -264,7 +265,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
             foreground_labels=self.label_manager.foreground_labels)
         loader = nnUNetUnlabeledDataLoader(
             self.dataset_class(self.preprocessed_dataset_folder, self.unlabeled_keys), self.unlabeled_batch_size,
-            initial_patch_size, patch_size, self.label_manager, UnlabeledViews(pipeline, self.unlabeled_views, self.unlabeled_weak_views))
+            initial_patch_size, patch_size, self.label_manager,
+            UnlabeledViews(pipeline, self.unlabeled_views, self.unlabeled_weak_views))
         num_processes = get_allowed_n_proc_DA()
         if num_processes == 0:
             return SingleThreadedAugmenter(loader, None)
