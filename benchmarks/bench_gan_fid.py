@@ -22,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from nnunet_semi.files import write_atomic
-from nnunet_semi.synthesis.data import from_unit_range, load_images, to_uint8
+from nnunet_semi.synthesis.data import DataSpec, from_unit_range, load_images, to_uint8
 from nnunet_semi.synthesis.fid import (FidNetwork, cached_inception_features, frechet_distance, inception_features,
                                        load_fid_network)
-from nnunet_semi.synthesis.generators import from_checkpoint
+from nnunet_semi.synthesis.generators import ClassGenerator, from_checkpoint
 
 SNAPSHOT_GLOB = "network-snapshot-*.pt"
 
@@ -49,22 +49,31 @@ def kimg_of(snapshot: Path) -> float:
     return int(snapshot.stem.rsplit("-", 1)[1]) / 1000
 
 
-def generated_uint8(snapshot: Path, num_images: int, device: str) -> np.ndarray:
+def generated_uint8(generator: ClassGenerator, num_images: int, device: str) -> np.ndarray:
     """[N, C, R, R] uint8 images of a snapshot's generator, seeds 0..N-1."""
-    generator = from_checkpoint(snapshot)
     ranges = generator.spec.intensity_ranges
     batches = [to_uint8(torch.from_numpy(from_unit_range(images, ranges)), ranges).numpy()
                for _, images in generator.generate(list(range(num_images)), device=device)]
     return np.concatenate(batches)
 
 
-def snapshot_fid(snapshot: Path, num_images: int, network: FidNetwork, device: str) -> dict:
-    spec = from_checkpoint(snapshot).spec
-    real = cached_inception_features(network, load_images(spec, progress=False), device=device, desc="real")
-    fake = inception_features(network, generated_uint8(snapshot, num_images, device), device=device,
+def real_features(spec: DataSpec, network: FidNetwork, device: str, known: dict[str, np.ndarray]) -> np.ndarray:
+    """Inception features of the real images a generator was trained on, read once per class and resolution."""
+    key = f"{spec.dataset}/{spec.class_name}/{spec.resolution}/{spec.fit}"
+    if key not in known:
+        known[key] = cached_inception_features(network, load_images(spec, progress=False), device=device,
+                                               desc="real")
+    return known[key]
+
+
+def snapshot_fid(snapshot: Path, num_images: int, network: FidNetwork, device: str,
+                 known_real: dict[str, np.ndarray]) -> dict:
+    generator = from_checkpoint(snapshot)
+    real = real_features(generator.spec, network, device, known_real)
+    fake = inception_features(network, generated_uint8(generator, num_images, device), device=device,
                               desc="generated")
     return {"kimg": kimg_of(snapshot), "fid": frechet_distance(real, fake), "num_real": len(real),
-            "num_generated": len(fake), "resolution": spec.resolution}
+            "num_generated": len(fake), "resolution": generator.spec.resolution}
 
 
 def write_outputs(results: dict[str, dict[str, dict]], output: Path) -> None:
@@ -110,8 +119,10 @@ def main() -> None:
     network = load_fid_network(args.device)
     todo = [(label, s) for label, folder in runs for s in chosen_snapshots(folder, args.every)
             if s.name not in results.get(label, {}) or results[label][s.name]["num_generated"] != args.images]
+    known_real: dict[str, np.ndarray] = {}
     for label, snapshot in tqdm(todo, desc="snapshots"):
-        results.setdefault(label, {})[snapshot.name] = snapshot_fid(snapshot, args.images, network, args.device)
+        results.setdefault(label, {})[snapshot.name] = snapshot_fid(snapshot, args.images, network, args.device,
+                                                                    known_real)
         write_outputs(results, output)  # after every snapshot: an interrupted run keeps what it measured
     write_outputs(results, output)
     for label, runs_ in results.items():

@@ -68,7 +68,13 @@ def upfirdn2d(x: torch.Tensor, taps: torch.Tensor, up: int = 1, down: int = 1,
     axis_gain = math.sqrt(gain)
     rows = resampling_matrix(taps.to(x.dtype), h, up, down, padding, axis_gain)
     cols = resampling_matrix(taps.to(x.dtype), w, up, down, padding, axis_gain) if w != h else rows
-    return torch.matmul(rows.T, torch.matmul(x, cols))
+    return resample(x, rows, cols)
+
+
+def resample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """x [N, C, H, W] -> rows^T x cols [N, C, H', W'] with ``resampling_matrix`` rows [H, H'] and cols [W, W'] (built
+    once by layers whose sizes are fixed, per call by :func:`upfirdn2d`)."""
+    return torch.matmul(rows.T.to(x.dtype), torch.matmul(x, cols.to(x.dtype)))
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_semi.synthesis.filters import lowpass_filter, upfirdn2d
+from nnunet_semi.synthesis.filters import lowpass_filter, resample, resampling_matrix
 from nnunet_semi.synthesis.networks import EqualLinear, GeneratorConfig, ModulatedConv2d, StyleGenerator
 
 LRELU_SLOPE = 0.2
@@ -162,6 +162,11 @@ class AliasFreeLayer(nn.Module):
         total = ((dst.size - 1) * self.down + 1 - (src.size + kernel - 1) * self.up + up_taps + down_taps - 2)
         lo = (total + self.up) // 2
         self.padding = (lo, total - lo)
+        # the layer's sizes are fixed: its two resampling matrices are built once (not saved: derived from the above)
+        up_matrix = resampling_matrix(self.up_filter, src.size + kernel - 1, self.up, 1, self.padding, self.up)
+        self.register_buffer("up_matrix", up_matrix, persistent=False)
+        self.register_buffer("down_matrix", resampling_matrix(self.down_filter, up_matrix.shape[1], 1, self.down,
+                                                              (0, 0), 1.0), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
         """x [N, C_src, S_src, S_src], w [N, w_dim] -> [N, C_dst, S_dst, S_dst]."""
@@ -170,11 +175,11 @@ class AliasFreeLayer(nn.Module):
             self.magnitude_ema.copy_(magnitude.lerp(self.magnitude_ema, self.magnitude_ema_beta))
         x = self.conv(x, w, input_gain=self.magnitude_ema.rsqrt().to(x.dtype))
         x = x + self.bias.to(x.dtype)[None, :, None, None]
-        x = upfirdn2d(x, self.up_filter, up=self.up, padding=self.padding, gain=self.up ** 2)
+        x = resample(x, self.up_matrix, self.up_matrix)  # upfirdn2d(up_filter, up, padding, gain up^2)
         if not self.is_rgb:
             x = F.leaky_relu(x, LRELU_SLOPE) * math.sqrt(2.0)
         x = x.clamp(-self.conv_clamp, self.conv_clamp)
-        return upfirdn2d(x, self.down_filter, down=self.down)
+        return resample(x, self.down_matrix, self.down_matrix)  # upfirdn2d(down_filter, down)
 
 
 class StyleGAN3Generator(StyleGenerator):
