@@ -128,6 +128,7 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerUniMatch, {"confidence_threshold": 1.5}, "confidence_threshold"),
     (nnUNetTrainerUniMatch, {"feature_dropout": 1.0}, "feature_dropout"),
     (nnUNetTrainerUniMatch, {"unlabeled_weak_views": 0}, "unlabeled_weak_views"),
+    (nnUNetTrainerUniMatch, {"warmup_fraction": -0.1}, "warmup_fraction"),
     (nnUNetTrainerMeanTeacher, {"unlabeled_weak_views": 3}, "unlabeled_weak_views"),
 ])
 def test_bad_hyperparameters_stop_at_construction(trainer_class, attributes, message):

@@ -19,7 +19,7 @@ from e2e_support import assert_terms_logged
 from nnunet_semi.components.mixing import cutmix_box_mask
 from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
 from nnunet_semi.core.unlabeled import UnlabeledViews, split_views
-from nnunet_semi.trainers.unimatch import FeaturePerturbedNetwork, paste
+from nnunet_semi.trainers.unimatch import FeaturePerturbedNetwork, nnUNetTrainerUniMatch, paste
 from test_ddp import _tiny_unet, gradients_are_rank_averages
 
 
@@ -116,12 +116,28 @@ def test_feature_perturbation_under_ddp_gets_averaged_gradients(tmp_path):
     assert results[0] and results[1]
 
 
+def test_warmup_is_a_budget_fraction_and_supervised_only():
+    trainer = object.__new__(nnUNetTrainerUniMatch)
+    trainer.num_epochs, trainer.num_iterations_per_epoch = 8, 50
+    assert trainer.unlabeled_start_step == 100  # 25 % of 400 iterations
+    trainer.num_epochs, trainer.num_iterations_per_epoch = 1000, 250
+    assert trainer.unlabeled_start_step == 62500  # and of nnU-Net's default budget
+    torch.manual_seed(0)
+    trainer.network = torch.nn.Conv2d(1, 2, 1)
+    trainer.loss = lambda logits, target: (logits - target).abs().mean()  # stands in for nnU-Net's loss
+    labeled = {"data": torch.randn(2, 1, 4, 4), "target": torch.ones(2, 2, 4, 4)}
+    terms = trainer.compute_train_losses(labeled, ())  # before unlabeled_start_step the core passes no views
+    expected = (trainer.network(labeled["data"]) - 1).abs().mean()
+    assert terms["loss"].item() == terms["loss_supervised"].item() == pytest.approx(expected.item())
+    assert all(math.isnan(terms[t]) for t in ("loss_strong", "loss_fp", "confident_fraction"))
+
+
 @pytest.mark.e2e
 def test_2d_unimatch_trains_and_predicts(toy_2d):
     trainer, dataset = "nnUNetTrainerUniMatch_2epochs_3its", "Dataset502_ToySemi6"
     toy_2d.train(502, "2d", trainer)
     final = toy_2d.checkpoint(dataset, trainer, "2d")
-    assert final["semi_state"]["global_step"] == 6 and "teacher" not in final["semi_state"]
+    assert final["semi_state"]["global_step"] == 6 and "teacher" not in final["semi_state"]  # 2 warm-up steps
     assert_terms_logged(final, ("loss_supervised", "loss_strong", "loss_fp", "confident_fraction"), 2)
     logging = final["logging"]
     assert all(0 <= v <= 1 for v in logging["confident_fraction"])

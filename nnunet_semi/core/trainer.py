@@ -98,7 +98,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     * Unlabeled cases are the training cases whose label is entirely the ignore label (see README). They are
       always trained on and never validated: cases of a validation fold that are unlabeled move to training.
-    * Each step draws a labeled batch (nnU-Net's loader, unchanged) and, from ``unlabeled_start_step`` on, an
+    * Each step draws a labeled batch (nnU-Net's loader, unchanged) and, from ``unlabeled_start_step`` on (after
+      the supervised warm-up, ``warmup_fraction`` of all iterations; none by default), an
       unlabeled batch (nnU-Net's loader and augmentation in background workers, ``unlabeled_views`` voxel-aligned
       views per crop, the first ``unlabeled_weak_views`` of them without photometric transforms; before that step
       :meth:`compute_train_losses` receives an empty tuple).
@@ -138,6 +139,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     """
 
     unlabeled_batch_ratio: float = 1.0
+    warmup_fraction: float = 0.0
     unlabeled_views: int = 1
     unlabeled_weak_views: int = 0
     ema_decay: float | None = None
@@ -162,6 +164,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     def validate_hyperparameters(self) -> None:
         super().validate_hyperparameters()
         self.require("unlabeled_batch_ratio", self.unlabeled_batch_ratio > 0, "> 0")
+        self.require("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)")
         self.require("unlabeled_views", isinstance(self.unlabeled_views, int) and self.unlabeled_views >= 1,
                      "an integer >= 1")
         self.require("unlabeled_weak_views", isinstance(self.unlabeled_weak_views, int) and
@@ -350,9 +353,14 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         return 0
 
     @property
+    def warmup_steps(self) -> int:
+        """Optimiser steps of the supervised warm-up: ``warmup_fraction`` of the budget, so it scales with it."""
+        return round(self.warmup_fraction * self.total_iterations())
+
+    @property
     def unlabeled_start_step(self) -> int:
-        """Optimiser steps before unlabeled batches are drawn (0: from the first step)."""
-        return 0
+        """Optimiser steps before unlabeled batches are drawn: the warm-up uses labeled data only."""
+        return self.warmup_steps
 
     def new_teacher(self) -> EMATeacher:
         """An EMA teacher initialised from the current student, returning full-resolution logits only."""

@@ -102,7 +102,6 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
 
     def validate_hyperparameters(self) -> None:
         super().validate_hyperparameters()
-        self.require("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)")
         self.require("sa_weight", self.sa_weight >= 0, ">= 0")
         self.require("sa_extractor", self.sa_extractor in EXTRACTORS, f"one of {EXTRACTORS}")
         self.require("hole_fraction", 0 < self.hole_fraction < 1, "in (0, 1)")
@@ -126,17 +125,8 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
             self.print_to_log_file(f"SA feature extractor: {self.feature_extractor.name}")
 
     @property
-    def warmup_steps(self) -> int:
-        return round(self.warmup_fraction * self.total_iterations())
-
-    @property
     def teacher_start_step(self) -> int:
         """The teacher starts from the warm-up student."""
-        return self.warmup_steps
-
-    @property
-    def unlabeled_start_step(self) -> int:
-        """The warm-up uses labeled data only: no unlabeled batch is drawn before it ends."""
         return self.warmup_steps
 
     @property
