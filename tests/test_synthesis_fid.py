@@ -62,8 +62,10 @@ def test_fid_of_a_set_with_itself_is_zero_and_with_a_shifted_set_positive(networ
     shifted = [(image + 55).astype(np.uint8) for image in images]
     features = fid.inception_features(network, images, batch_size=6)
     assert features.shape == (6, 2048)
-    assert abs(fid.frechet_distance(features, features)) < 1e-3
-    assert fid.frechet_distance(features, fid.inception_features(network, shifted, batch_size=6)) > 1.0
+    shifted_features = fid.inception_features(network, shifted, batch_size=6)
+    dims = slice(0, 256)  # the distance on 256 of the 2048 features: a 2048-dim sqrtm costs a minute on 2 CPU cores
+    assert abs(fid.frechet_distance(features[:, dims], features[:, dims])) < 1e-3
+    assert fid.frechet_distance(features[:, dims], shifted_features[:, dims]) > 1.0
     grey = fid.inception_features(network, [images[0][:1]])
     rgb = fid.inception_features(network, [np.repeat(images[0][:1], 3, axis=0)])
     np.testing.assert_allclose(grey, rgb, atol=1e-5)  # grey images are compared as RGB, like pytorch-fid
