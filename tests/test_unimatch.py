@@ -19,7 +19,8 @@ from e2e_support import assert_terms_logged
 from nnunet_semi.components.mixing import cutmix_box_mask
 from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
 from nnunet_semi.core.unlabeled import UnlabeledViews, split_views
-from nnunet_semi.trainers.unimatch import FeaturePerturbedNetwork, nnUNetTrainerUniMatch, paste
+from nnunet_semi.trainers.unimatch import (FeaturePerturbedNetwork, nnUNetTrainerUniMatch,
+                                           nnUNetTrainerUniMatch_noFP, paste)
 from test_ddp import _tiny_unet, gradients_are_rank_averages
 
 
@@ -130,6 +131,25 @@ def test_warmup_is_a_budget_fraction_and_supervised_only():
     expected = (trainer.network(labeled["data"]) - 1).abs().mean()
     assert terms["loss"].item() == terms["loss_supervised"].item() == pytest.approx(expected.item())
     assert all(math.isnan(terms[t]) for t in ("loss_strong", "loss_fp", "confident_fraction"))
+
+
+@pytest.mark.parametrize("trainer_class, decoded", [(nnUNetTrainerUniMatch, 2 + 3 * 2 + 2),
+                                                     (nnUNetTrainerUniMatch_noFP, 2 + 3 * 2)])
+def test_feature_perturbed_pass_runs_only_when_weighted(trainer_class, decoded):
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+    torch.manual_seed(0)
+    trainer = object.__new__(trainer_class)
+    network = FeaturePerturbedNetwork(_tiny_unet())
+    batch_sizes = []
+    trainer.network = lambda x, **kwargs: batch_sizes.append(len(out := network(x, **kwargs))) or out
+    trainer.loss = lambda logits, target: torch.nn.functional.cross_entropy(logits, target[:, 0].long())
+    trainer.unlabeled_dice = MemoryEfficientSoftDiceLoss(softmax_helper_dim1, True, do_bg=False, smooth=1e-5,
+                                                          ddp=False)
+    labeled = {"data": torch.randn(2, 1, 8, 8), "target": torch.randint(0, 2, (2, 1, 8, 8))}
+    terms = trainer.compute_train_losses(labeled, tuple(torch.randn(2, 1, 8, 8) for _ in range(3)))
+    assert batch_sizes == [decoded]  # labeled + weak, two strong (+ the perturbed weak) in one pass
+    assert torch.isfinite(terms["loss"]) and (terms["loss_fp"] != 0) == (trainer.fp_weight > 0)
 
 
 @pytest.mark.e2e

@@ -132,13 +132,15 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
                  for _ in range(2)]
         partner = torch.roll(torch.arange(n_unlabeled, device=weak.device), -1)
         mixed = [paste(strong, box, partner) for strong, box in zip((strong_1, strong_2), boxes)]
-        outputs = self.network(torch.cat((labeled["data"], weak, *mixed)),
-                               perturbed=(n_labeled, n_labeled + n_unlabeled), dropout=self.feature_dropout)
+        perturbed = (n_labeled, n_labeled + n_unlabeled) if self.fp_weight > 0 else None
+        outputs = self.network(torch.cat((labeled["data"], weak, *mixed)), perturbed=perturbed,
+                               dropout=self.feature_dropout)
         labeled_outputs, unlabeled_outputs = split_batch_outputs(outputs, n_labeled)
-        weak_logits, logits_1, logits_2, fp_logits = full_resolution(unlabeled_outputs).split(n_unlabeled)
+        weak_logits, logits_1, logits_2, *fp_logits = full_resolution(unlabeled_outputs).split(n_unlabeled)
         labels, confident = confident_pseudo_labels(weak_logits, self.confidence_threshold)
         loss_supervised = self.loss(labeled_outputs, labeled["target"])
-        loss_fp = self.unlabeled_loss(fp_logits, labels, confident)  # Sec. 3.2
+        zero = torch.zeros((), device=weak.device)
+        loss_fp = self.unlabeled_loss(fp_logits[0], labels, confident) if fp_logits else zero  # Sec. 3.2
         loss_strong = sum(self.unlabeled_loss(logits, paste(labels, box, partner), paste(confident, box, partner))
                           for logits, box in zip((logits_1, logits_2), boxes)) / 2  # Sec. 3.3
         loss_unlabeled = self.fp_weight * loss_fp + self.strong_weight * loss_strong
@@ -155,7 +157,7 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
 
 
 class nnUNetTrainerUniMatch_noFP(nnUNetTrainerUniMatch):
-    """Ablation: no feature-perturbation stream (its decoder pass is still run; the term has weight 0)."""
+    """Ablation: no feature-perturbation stream (no perturbed decoder pass; ``loss_fp`` is logged as 0)."""
 
     fp_weight = 0.0
 
