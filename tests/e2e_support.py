@@ -125,9 +125,6 @@ class Workspace:
         for path in self.folders.values():
             path.mkdir(parents=True)
         self.env = nnunet_environment({**os.environ, **{k: str(v) for k, v in self.folders.items()}})
-        # one export worker: nnU-Net's final validation spawns nnUNet_def_n_proc processes, each importing torch
-        # and nnU-Net again (seconds each on 2 cores, for a handful of toy cases); planning sets -np explicitly
-        self.env["nnUNet_def_n_proc"] = "1"
         if ext_folder is not None:  # a user's own trainer folder next to ours
             self.env["nnUNet_extTrainer"] = os.pathsep.join((str(ext_folder), self.env["nnUNet_extTrainer"]))
 
