@@ -22,6 +22,8 @@ from nnunet_semi.core.teacher import EMATeacher, unwrap_network
 from nnunet_semi.core.time_limit import STOP_TRAINING_AT_VARIABLE, WallClockLimit, read_training_summary
 from nnunet_semi.core.unlabeled import UnlabeledViews, is_unlabeled_case, split_geometric_and_photometric, split_views
 from nnunet_semi.trainers import budget_variant_from_name, nnUNetTrainerMeanTeacher
+from nnunet_semi.trainers.mean_teacher import nnUNetTrainerMeanTeacher_labeledOnly
+from nnunet_semi.trainers.unimatch import nnUNetTrainerUniMatch
 
 
 # ---------------------------------------------------------------- ramp-ups
@@ -93,6 +95,22 @@ def test_budget_variant_of_vanilla_and_semi_trainers():
     assert budget_variant_from_name("nnUNetTrainerMeanTeacher_4epochs").num_epochs == 4
     with pytest.raises(AttributeError):
         budget_variant_from_name("nnUNetTrainerMeanTeacher")
+
+
+@pytest.mark.parametrize("trainer_class", [nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_labeledOnly,
+                                           nnUNetTrainerUniMatch])
+def test_steps_without_unlabeled_views_are_supervised_only(trainer_class):
+    """Before ``unlabeled_start_step``, or in a variant without unlabeled batches, the core passes no views."""
+    trainer = object.__new__(trainer_class)
+    torch.manual_seed(0)
+    trainer.network = nn.Conv2d(1, 2, 1)
+    trainer.loss = lambda logits, target: (logits - target).abs().mean()  # stands in for nnU-Net's loss
+    labeled = {"data": torch.randn(2, 1, 4, 4), "target": torch.ones(2, 2, 4, 4)}
+    terms = trainer.compute_train_losses(labeled, ())
+    expected = (trainer.network(labeled["data"]) - 1).abs().mean()
+    assert terms["loss"].item() == terms["loss_supervised"].item() == pytest.approx(expected.item())
+    assert set(terms) == {"loss", *trainer_class.train_terms}
+    assert all(math.isnan(terms[t]) for t in trainer_class.train_terms if t != "loss_supervised")
 
 
 # ---------------------------------------------------------------- unlabeled data

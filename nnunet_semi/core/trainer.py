@@ -446,6 +446,14 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         ``train_terms`` (logged)."""
         raise NotImplementedError
 
+    def supervised_only_losses(self, labeled: Batch) -> dict[str, torch.Tensor]:
+        """L = L_s (nnU-Net's loss on the labeled batch) for steps without unlabeled views (the warm-up, or a
+        variant without unlabeled batches); every other term of ``train_terms`` is logged as NaN (not computed)."""
+        loss_supervised = self.loss(self.network(labeled["data"]), labeled["target"])
+        nan = torch.tensor(float("nan"))
+        return {"loss": loss_supervised, **{term: nan for term in self.train_terms},
+                "loss_supervised": loss_supervised}
+
     def train_step(self, batch: dict) -> dict:
         labeled = {"data": batch["data"].to(self.device, non_blocking=True),
                    "target": [t.to(self.device, non_blocking=True) for t in batch["target"]]

@@ -41,6 +41,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         return self.ramped_weight(self.consistency_weight, self.consistency_rampup, self.consistency_rampup_fraction)
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        if not unlabeled:
+            return self.supervised_only_losses(labeled)
         student_view, teacher_view = unlabeled
         labeled_outputs, student_logits = self.forward_labeled_and_unlabeled(labeled["data"], student_view)
         loss_supervised = self.loss(labeled_outputs, labeled["target"])
@@ -58,3 +60,17 @@ class nnUNetTrainerMeanTeacher_halfUnlabeled(nnUNetTrainerMeanTeacher):
     vanilla's step and a half one (1.5 + 3 + 0.4) / 3 = 1.6x: the cheaper setting of the batch-ratio ablation."""
 
     unlabeled_batch_ratio = 0.5
+
+
+class nnUNetTrainerMeanTeacher_exportTeacher(nnUNetTrainerMeanTeacher):
+    """The EMA teacher is exported (``network_weights``, validation, ``nnUNetv2_predict``) instead of the student."""
+
+    exported_network = "teacher"
+
+
+class nnUNetTrainerMeanTeacher_labeledOnly(nnUNetTrainerMeanTeacher_exportTeacher):
+    """Control for ``_exportTeacher``: the same EMA teacher exported, but no unlabeled batch is ever drawn (L = L_s),
+    so a gain of ``_exportTeacher`` over vanilla that this variant matches comes from weight averaging, not from the
+    unlabeled images."""
+
+    uses_unlabeled_batches = False

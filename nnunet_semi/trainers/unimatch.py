@@ -125,7 +125,7 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         if not unlabeled:
-            return self.warmup_losses(labeled)
+            return self.supervised_only_losses(labeled)
         weak, strong_1, strong_2 = unlabeled
         n_labeled, n_unlabeled = labeled["data"].shape[0], weak.shape[0]
         boxes = [cutmix_box_mask(n_unlabeled, tuple(weak.shape[2:]), self.cutmix_probability, device=weak.device)
@@ -147,13 +147,6 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
         return {"loss": loss_supervised + self.unsupervised_weight * loss_unlabeled,
                 "loss_supervised": loss_supervised, "loss_strong": loss_strong, "loss_fp": loss_fp,
                 "confident_fraction": confident.mean()}
-
-    def warmup_losses(self, labeled: Batch) -> dict[str, torch.Tensor]:
-        """L = L_s on the labeled batch; the unlabeled terms are logged as NaN (not computed)."""
-        loss_supervised = self.loss(self.network(labeled["data"]), labeled["target"])
-        nan = torch.tensor(float("nan"))
-        return {"loss": loss_supervised, "loss_supervised": loss_supervised, "loss_strong": nan, "loss_fp": nan,
-                "confident_fraction": nan}
 
 
 class nnUNetTrainerUniMatch_noFP(nnUNetTrainerUniMatch):
