@@ -1,0 +1,155 @@
+"""SSGNet's classification experiment on a class-imbalanced dataset built from a 2D segmentation dataset.
+
+    python benchmarks/bench_classification.py 201 -w bench_cls --new-id 211 --seeds 0 1 2
+
+Classes: each case of the raw 2D dataset DATASET (e.g. Kvasir-SEG from ``convert-2d``) is ``small`` when its
+foreground covers less than ``--threshold`` of the image (5 %: a small polyp, about 1 case in 5 of Kvasir-SEG) and
+``large`` otherwise, written to ``<work>/classes.csv``. Then, each step skipped when its output exists (so a rerun
+resumes):
+
+1. ``nnunet-semi train-gan`` one generator per class (``--arch``, ``--gan-kimg``, ``--gan-resolution``);
+2. ``nnunet-semi synthesize --strategy balance+50%`` into a new dataset ``--new-id`` (enough for every mode);
+3. ``nnunet-semi classify`` for every mode (none, balance, balance+20%, balance+50%) and seed, on the same fixed,
+   stratified test split of real cases (``--split-seed``);
+4. ``<work>/classification_benchmark.md`` / ``.json``: accuracy, macro F1 and per-class recall, mean +- std over
+   the seeds, and ``classification_benchmark.png`` (macro F1 and minority-class recall per mode).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from nnunet_semi.files import write_atomic
+from nnunet_semi.errors import UserError
+from nnunet_semi.planners.raw import raw_root, resolve_dataset
+
+MODES = ("none", "balance", "balance+20%", "balance+50%")
+
+
+def semi(*args: str) -> None:
+    command = [sys.executable, "-m", "nnunet_semi.cli", *args]
+    print("+ nnunet-semi " + " ".join(args), flush=True)
+    subprocess.run(command, check=True)
+
+
+def write_classes(dataset: str, threshold: float, path: Path) -> dict[str, int]:
+    """``case_id,class`` by foreground fraction of each 2D label (PNG); returns the count per class."""
+    folder = raw_root() / resolve_dataset(dataset) / "labelsTr"
+    labels = sorted(folder.glob("*.png"))
+    if not labels:
+        raise SystemExit(f"{folder} has no PNG labels: give a 2D dataset from 'nnunet-semi convert-2d'.")
+    rows = [(p.stem, "small" if (np.asarray(Image.open(p)) > 0).mean() < threshold else "large") for p in labels]
+    write_atomic(path, lambda tmp: Path(tmp).write_text("".join(f"{case},{c}\n" for case, c in rows)))
+    return {c: sum(r[1] == c for r in rows) for c in ("small", "large")}
+
+
+def gans_done(gans: Path, classes: list[str], kimg: float) -> bool:
+    """Every class folder holds the snapshot of the last kimg."""
+    name = f"network-snapshot-{round(kimg * 1000):06d}.pt"
+    return all((gans / c / name).is_file() for c in classes)
+
+
+def summarise(reports: dict[str, list[dict]]) -> dict:
+    """Mean and std over seeds of accuracy, macro F1 and each class's recall, per mode."""
+    summary = {}
+    for mode, runs in reports.items():
+        values = {"accuracy": [r["accuracy"] for r in runs], "macro_f1": [r["macro_f1"] for r in runs]}
+        for c in runs[0]["per_class"]:
+            values[f"recall_{c}"] = [r["per_class"][c]["recall"] for r in runs]
+        summary[mode] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                             "runs": v} for k, v in values.items()}
+        summary[mode]["training_images"] = runs[0]["counts"]
+    return summary
+
+
+def markdown(summary: dict, seeds: list[int]) -> str:
+    keys = list(next(iter(summary.values())).keys() - {"training_images"})
+    keys = ["accuracy", "macro_f1", *sorted(k for k in keys if k.startswith("recall_"))]
+    lines = [f"| synthetic | training images (real + synthetic per class) | "
+             + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for mode, entry in summary.items():
+        counts = ", ".join(f"{c}: {n['real_train']} + {n['synthetic']}" for c, n in entry["training_images"].items())
+        cells = " | ".join(f"{100 * entry[k]['mean']:.1f} ± {100 * entry[k]['std']:.1f}" for k in keys)
+        lines.append(f"| {mode} | {counts} | {cells} |")
+    return "\n".join(lines) + f"\n\nmean ± std (%) over seeds {seeds}, the same test split for every run.\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    modes = list(summary)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for offset, key in ((-0.2, "macro_f1"), (0.2, "recall_small")):
+        axis.bar(np.arange(len(modes)) + offset, [100 * summary[m][key]["mean"] for m in modes], 0.4,
+                 yerr=[100 * summary[m][key]["std"] for m in modes], capsize=3, label=key.replace("_", " "))
+    axis.set_xticks(range(len(modes)), modes)
+    axis.set_ylabel("%")
+    axis.legend()
+    figure.tight_layout()
+    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="raw 2D dataset (id or name) with PNG labels, e.g. from convert-2d")
+    parser.add_argument("-w", "--work", required=True, help="folder for classes.csv, GANs, runs and the report")
+    parser.add_argument("--new-id", required=True, help="id of the dataset with the synthetic images")
+    parser.add_argument("--threshold", type=float, default=0.05, help="foreground fraction below which a case "
+                                                                      "is 'small' (default 0.05)")
+    parser.add_argument("--arch", default="stylegan2", choices=("stylegan2", "stylegan3-t"))
+    parser.add_argument("--gan-kimg", type=float, default=10, help="kimg per class generator (default 10)")
+    parser.add_argument("--gan-resolution", type=int, default=64)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=10, help="classifier epochs (default 10)")
+    parser.add_argument("--resolution", type=int, default=64, help="classifier input size (default 64)")
+    parser.add_argument("--model", default="efficientnet_lite0", choices=("efficientnet_lite0", "resnet50"))
+    parser.add_argument("--split-seed", type=int, default=0)
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    classes_csv = work / "classes.csv"
+    counts = write_classes(args.dataset, args.threshold, classes_csv)
+    print(f"classes (foreground < {args.threshold:.0%} of the image: small): {counts}")
+    gans = work / "gans"
+    if not gans_done(gans, list(counts), args.gan_kimg):
+        resume = ["--resume"] if gans.exists() else []
+        semi("train-gan", args.dataset, "-o", str(gans), "--classes", str(classes_csv), "--arch", args.arch,
+             "--resolution", str(args.gan_resolution), "--kimg", str(args.gan_kimg), "--channel-base", "2048",
+             "--channel-max", "256", "--ada-kimg", "100", "--mirror", "--snapshot-kimg", str(args.gan_kimg),
+             *resume)
+    try:
+        resolve_dataset(args.new_id)
+    except UserError:  # not made yet
+        semi("synthesize", args.dataset, "--generators", str(gans), "--strategy", "balance+50%", "--new-id",
+             args.new_id, "--new-name", "ClassBenchSynthetic")
+    reports: dict[str, list[dict]] = {}
+    for mode in MODES:
+        for seed in args.seeds:
+            out = work / "runs" / mode.replace("%", "pct") / f"seed{seed}"
+            if not (out / "report.json").is_file():
+                semi("classify", args.new_id, "--labels", str(classes_csv), "--synthetic", mode, "-o", str(out),
+                     "--seed", str(seed), "--split-seed", str(args.split_seed), "--epochs", str(args.epochs),
+                     "--resolution", str(args.resolution), "--model", args.model)
+            reports.setdefault(mode, []).append(json.loads((out / "report.json").read_text()))
+    summary = summarise(reports)
+    setup = {k: v for k, v in vars(args).items()} | {"class_counts": counts,
+                                                      "weights": reports["none"][0]["weights"]}
+    write_atomic(work / "classification_benchmark.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps({"setup": setup, "summary": summary}, indent=2)))
+    table = markdown(summary, args.seeds)
+    write_atomic(work / "classification_benchmark.md", lambda tmp: Path(tmp).write_text(table))
+    plot(summary, work / "classification_benchmark.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
