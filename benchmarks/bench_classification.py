@@ -50,9 +50,10 @@ def write_classes(dataset: str, threshold: float, path: Path) -> dict[str, int]:
 
 
 def gans_done(gans: Path, classes: list[str], kimg: float) -> bool:
-    """Every class folder holds the snapshot of the last kimg."""
-    name = f"network-snapshot-{round(kimg * 1000):06d}.pt"
-    return all((gans / c / name).is_file() for c in classes)
+    """Every class folder holds a snapshot at ``kimg`` or later (``network-snapshot-<images shown>.pt``)."""
+    def shown(c: str) -> list[int]:
+        return [int(p.stem.rsplit("-", 1)[1]) for p in (gans / c).glob("network-snapshot-*.pt")]
+    return all(max(shown(c), default=-1) >= kimg * 1000 for c in classes)
 
 
 def summarise(reports: dict[str, list[dict]]) -> dict:
