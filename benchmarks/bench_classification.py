@@ -7,7 +7,8 @@ foreground covers less than ``--threshold`` of the image (5 %: a small polyp, ab
 ``large`` otherwise, written to ``<work>/classes.csv``. Then, each step skipped when its output exists (so a rerun
 resumes):
 
-1. ``nnunet-semi train-gan`` one generator per class (``--arch``, ``--gan-kimg``, ``--gan-resolution``);
+1. ``nnunet-semi train-gan`` one generator per class (``--arch``, ``--gan-kimg``, ``--gan-resolution``), on the
+   classifier's training cases only (``<work>/gan_classes.csv``: no test image leaks into the synthetic ones);
 2. ``nnunet-semi synthesize --strategy balance+50%`` into a new dataset ``--new-id`` (enough for every mode);
 3. ``nnunet-semi classify`` for every mode (none, balance, balance+20%, balance+50%) and seed, on the same fixed,
    stratified test split of real cases (``--split-seed``);
@@ -26,10 +27,12 @@ import numpy as np
 from PIL import Image
 
 from nnunet_semi.files import write_atomic
+from nnunet_semi.classification.data import stratified_test_cases
 from nnunet_semi.errors import UserError
 from nnunet_semi.planners.raw import raw_root, resolve_dataset
 
 MODES = ("none", "balance", "balance+20%", "balance+50%")
+TEST_FRACTION = 0.2
 
 
 def semi(*args: str) -> None:
@@ -38,15 +41,17 @@ def semi(*args: str) -> None:
     subprocess.run(command, check=True)
 
 
-def write_classes(dataset: str, threshold: float, path: Path) -> dict[str, int]:
-    """``case_id,class`` by foreground fraction of each 2D label (PNG); returns the count per class."""
+def write_csv(rows: dict[str, str], path: Path) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text("".join(f"{case},{c}\n" for case, c in rows.items())))
+
+
+def case_classes(dataset: str, threshold: float) -> dict[str, str]:
+    """``{case_id: 'small' | 'large'}`` by the foreground fraction of each 2D label (PNG)."""
     folder = raw_root() / resolve_dataset(dataset) / "labelsTr"
     labels = sorted(folder.glob("*.png"))
     if not labels:
         raise SystemExit(f"{folder} has no PNG labels: give a 2D dataset from 'nnunet-semi convert-2d'.")
-    rows = [(p.stem, "small" if (np.asarray(Image.open(p)) > 0).mean() < threshold else "large") for p in labels]
-    write_atomic(path, lambda tmp: Path(tmp).write_text("".join(f"{case},{c}\n" for case, c in rows)))
-    return {c: sum(r[1] == c for r in rows) for c in ("small", "large")}
+    return {p.stem: "small" if (np.asarray(Image.open(p)) > 0).mean() < threshold else "large" for p in labels}
 
 
 def gans_done(gans: Path, classes: list[str], kimg: float) -> bool:
@@ -117,13 +122,17 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    classes_csv = work / "classes.csv"
-    counts = write_classes(args.dataset, args.threshold, classes_csv)
+    classes = case_classes(args.dataset, args.threshold)
+    counts = {c: sum(v == c for v in classes.values()) for c in ("small", "large")}
     print(f"classes (foreground < {args.threshold:.0%} of the image: small): {counts}")
+    classes_csv, gan_csv = work / "classes.csv", work / "gan_classes.csv"
+    write_csv(classes, classes_csv)
+    test = stratified_test_cases(classes, TEST_FRACTION, args.split_seed)  # what classify holds out
+    write_csv({case: c for case, c in classes.items() if case not in test}, gan_csv)
     gans = work / "gans"
     if not gans_done(gans, list(counts), args.gan_kimg):
         resume = ["--resume"] if gans.exists() else []
-        semi("train-gan", args.dataset, "-o", str(gans), "--classes", str(classes_csv), "--arch", args.arch,
+        semi("train-gan", args.dataset, "-o", str(gans), "--classes", str(gan_csv), "--arch", args.arch,
              "--resolution", str(args.gan_resolution), "--kimg", str(args.gan_kimg), "--channel-base", "2048",
              "--channel-max", "256", "--ada-kimg", "100", "--mirror", "--snapshot-kimg", str(args.gan_kimg),
              *resume)
@@ -138,7 +147,8 @@ def main() -> None:
             out = work / "runs" / mode.replace("%", "pct") / f"seed{seed}"
             if not (out / "report.json").is_file():
                 semi("classify", args.new_id, "--labels", str(classes_csv), "--synthetic", mode, "-o", str(out),
-                     "--seed", str(seed), "--split-seed", str(args.split_seed), "--epochs", str(args.epochs),
+                     "--seed", str(seed), "--split-seed", str(args.split_seed), "--test-fraction", str(TEST_FRACTION),
+                     "--epochs", str(args.epochs),
                      "--resolution", str(args.resolution), "--model", args.model)
             reports.setdefault(mode, []).append(json.loads((out / "report.json").read_text()))
     summary = summarise(reports)

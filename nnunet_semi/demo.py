@@ -58,7 +58,7 @@ def _step(title: str, command: list[str], log_dir: Path, show_progress: bool = F
     print(f"{'  done in' if show_progress else ''}{time.time() - start:6.1f} s")
 
 
-def run_demo(workdir: str | Path, num_epochs: int = 4, iterations_per_epoch: int = 25, num_cases: int = 60,
+def run_demo(workdir: str | Path, num_epochs: int = 4, iterations_per_epoch: int = 12, num_cases: int = 60,
              num_labeled: int = 6) -> Path:
     """Run every step; returns the folder of the benchmark report."""
     from nnunet_semi.toy_data import write_toy_2d_folders
@@ -102,5 +102,5 @@ def register(subparsers) -> None:
                                    description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="nnunet_semi_demo", help="folder for everything the demo writes")
     parser.add_argument("--epochs", type=int, default=4, help="training epochs of every benchmarked trainer")
-    parser.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
+    parser.add_argument("--iterations", type=int, default=12, help="training iterations per epoch")
     parser.set_defaults(func=_run)
