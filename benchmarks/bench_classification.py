@@ -7,7 +7,8 @@ foreground covers less than ``--threshold`` of the image (5 %: a small polyp, ab
 ``large`` otherwise, written to ``<work>/classes.csv``. Then, each step skipped when its output exists (so a rerun
 resumes):
 
-1. ``nnunet-semi train-gan`` one generator per class (``--arch``, ``--gan-kimg``, ``--gan-resolution``), on the
+1. ``nnunet-semi train-gan`` one generator per class (``--arch``, ``--gan-kimg``, ``--gan-resolution``; channel base
+   1024, max 128, ADA over 100 kimg, mirroring: a CPU-sized network), on the
    classifier's training cases only (``<work>/gan_classes.csv``: no test image leaks into the synthetic ones);
 2. ``nnunet-semi synthesize --strategy balance+50%`` into a new dataset ``--new-id`` (enough for every mode);
 3. ``nnunet-semi classify`` for every mode (none, balance, balance+20%, balance+50%) and seed, on the same fixed,
@@ -133,8 +134,8 @@ def main() -> None:
     if not gans_done(gans, list(counts), args.gan_kimg):
         resume = ["--resume"] if gans.exists() else []
         semi("train-gan", args.dataset, "-o", str(gans), "--classes", str(gan_csv), "--arch", args.arch,
-             "--resolution", str(args.gan_resolution), "--kimg", str(args.gan_kimg), "--channel-base", "2048",
-             "--channel-max", "256", "--ada-kimg", "100", "--mirror", "--snapshot-kimg", str(args.gan_kimg),
+             "--resolution", str(args.gan_resolution), "--kimg", str(args.gan_kimg), "--channel-base", "1024",
+             "--channel-max", "128", "--ada-kimg", "100", "--mirror", "--snapshot-kimg", str(args.gan_kimg),
              *resume)
     try:
         resolve_dataset(args.new_id)
