@@ -19,6 +19,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
 
     Defaults follow the SSL4MIS ACDC baseline (EMA decay 0.99, weight 0.1, MSE averaged over voxels and classes)
     with the ramp-up over the first quarter of training, as Tarvainen & Valpola ramp up over 80 of 300 epochs.
+    Steps without unlabeled views (a ``warmup_fraction`` > 0, or ``_labeledOnly``) optimise the supervised loss only.
     """
 
     ema_decay = 0.99
