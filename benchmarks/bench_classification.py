@@ -31,6 +31,7 @@ from nnunet_semi.files import write_atomic
 from nnunet_semi.classification.data import stratified_test_cases
 from nnunet_semi.errors import UserError
 from nnunet_semi.planners.raw import raw_root, resolve_dataset
+from nnunet_semi.synthesis.training import latest_checkpoint
 
 MODES = ("none", "balance", "balance+20%", "balance+50%")
 TEST_FRACTION = 0.2
@@ -56,10 +57,9 @@ def case_classes(dataset: str, threshold: float) -> dict[str, str]:
 
 
 def gans_done(gans: Path, classes: list[str], kimg: float) -> bool:
-    """Every class folder holds a snapshot at ``kimg`` or later (``network-snapshot-<images shown>.pt``)."""
-    def shown(c: str) -> list[int]:
-        return [int(p.stem.rsplit("-", 1)[1]) for p in (gans / c).glob("network-snapshot-*.pt")]
-    return all(max(shown(c), default=-1) >= kimg * 1000 for c in classes)
+    """Every class folder's newest snapshot (``network-snapshot-<images shown>.pt``) is at ``kimg`` or later."""
+    snapshots = [latest_checkpoint(gans / c) for c in classes]
+    return all(s is not None and int(s.stem.rsplit("-", 1)[1]) >= kimg * 1000 for s in snapshots)
 
 
 def summarise(reports: dict[str, list[dict]]) -> dict:
@@ -76,8 +76,8 @@ def summarise(reports: dict[str, list[dict]]) -> dict:
 
 
 def markdown(summary: dict, seeds: list[int]) -> str:
-    keys = list(next(iter(summary.values())).keys() - {"training_images"})
-    keys = ["accuracy", "macro_f1", *sorted(k for k in keys if k.startswith("recall_"))]
+    first = next(iter(summary.values()))
+    keys = ["accuracy", "macro_f1", *sorted(k for k in first if k.startswith("recall_"))]
     lines = [f"| synthetic | training images (real + synthetic per class) | "
              + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for mode, entry in summary.items():
@@ -149,12 +149,10 @@ def main() -> None:
             if not (out / "report.json").is_file():
                 semi("classify", args.new_id, "--labels", str(classes_csv), "--synthetic", mode, "-o", str(out),
                      "--seed", str(seed), "--split-seed", str(args.split_seed), "--test-fraction", str(TEST_FRACTION),
-                     "--epochs", str(args.epochs),
-                     "--resolution", str(args.resolution), "--model", args.model)
+                     "--epochs", str(args.epochs), "--resolution", str(args.resolution), "--model", args.model)
             reports.setdefault(mode, []).append(json.loads((out / "report.json").read_text()))
     summary = summarise(reports)
-    setup = {k: v for k, v in vars(args).items()} | {"class_counts": counts,
-                                                      "weights": reports["none"][0]["weights"]}
+    setup = vars(args) | {"class_counts": counts, "weights": reports["none"][0]["weights"]}
     write_atomic(work / "classification_benchmark.json",
                  lambda tmp: Path(tmp).write_text(json.dumps({"setup": setup, "summary": summary}, indent=2)))
     table = markdown(summary, args.seeds)
