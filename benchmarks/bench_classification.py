@@ -30,6 +30,7 @@ from PIL import Image
 from nnunet_semi.files import write_atomic
 from nnunet_semi.classification.data import stratified_test_cases
 from nnunet_semi.errors import UserError
+from nnunet_semi.evaluation.aggregate import Stat, paired_difference
 from nnunet_semi.planners.raw import raw_root, resolve_dataset
 from nnunet_semi.synthesis.training import latest_checkpoint
 
@@ -75,16 +76,30 @@ def summarise(reports: dict[str, list[dict]]) -> dict:
     return summary
 
 
+def versus_none(summary: dict, key: str, mode: str) -> str:
+    """``mode`` minus ``none`` on ``key``, paired by seed, in points with its 95 % t interval and verdict."""
+    def stat(m: str) -> Stat:
+        runs = summary[m][key]["runs"]
+        return Stat(float(np.mean(runs)), float("nan"), {str(i): 100 * v for i, v in enumerate(runs)})
+    d = paired_difference(stat(mode), stat("none"))
+    return f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] {d.verdict}"
+
+
 def markdown(summary: dict, seeds: list[int]) -> str:
     first = next(iter(summary.values()))
     keys = ["accuracy", "macro_f1", *sorted(k for k in first if k.startswith("recall_"))]
-    lines = [f"| synthetic | training images (real + synthetic per class) | "
-             + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    paired = ["macro_f1", "recall_small"]
+    lines = [f"| synthetic | training images (real + synthetic per class) | " + " | ".join(keys) + " | "
+             + " | ".join(f"Δ {k} vs none" for k in paired) + " |",
+             "|---|---|" + "---|" * (len(keys) + len(paired))]
     for mode, entry in summary.items():
         counts = ", ".join(f"{c}: {n['real_train']} + {n['synthetic']}" for c, n in entry["training_images"].items())
         cells = " | ".join(f"{100 * entry[k]['mean']:.1f} ± {100 * entry[k]['std']:.1f}" for k in keys)
-        lines.append(f"| {mode} | {counts} | {cells} |")
-    return "\n".join(lines) + f"\n\nmean ± std (%) over seeds {seeds}, the same test split for every run.\n"
+        deltas = " | ".join("–" if mode == "none" else versus_none(summary, k, mode) for k in paired)
+        lines.append(f"| {mode} | {counts} | {cells} | {deltas} |")
+    return "\n".join(lines) + (f"\n\nmean ± std (%) over seeds {seeds}, the same test split for every run. Δ: mean over "
+                               "seeds of the mode minus `none` with the same seed, in points, 95 % t interval; "
+                               "'better' / 'worse' only when it excludes 0.\n")
 
 
 def plot(summary: dict, path: Path) -> None:
