@@ -63,6 +63,16 @@ def gans_done(gans: Path, classes: list[str], kimg: float) -> bool:
     return all(s is not None and int(s.stem.rsplit("-", 1)[1]) >= kimg * 1000 for s in snapshots)
 
 
+def check_same_synthetic_dataset(runs: Path, new_id: str) -> None:
+    """Refuse a ``--new-id`` other than the one the finished runs in ``runs`` used (a wrong id would otherwise be
+    taken for a dataset not made yet, and a second synthetic dataset would be written under it)."""
+    for report in sorted(runs.glob("*/seed*/report.json")):
+        used = json.loads(report.read_text())["dataset"]
+        if used != new_id:
+            raise UserError(f"{report} was made with --new-id {used}, not {new_id}: pass --new-id {used} to resume "
+                            f"this benchmark, or another --work folder for a new one.")
+
+
 def summarise(reports: dict[str, list[dict]]) -> dict:
     """Mean and std over seeds of accuracy, macro F1 and each class's recall, per mode."""
     summary = {}
@@ -152,6 +162,7 @@ def main() -> None:
              "--resolution", str(args.gan_resolution), "--kimg", str(args.gan_kimg), "--channel-base", "1024",
              "--channel-max", "128", "--ada-kimg", "100", "--mirror", "--snapshot-kimg", str(args.gan_kimg),
              *resume)
+    check_same_synthetic_dataset(work / "runs", args.new_id)
     try:
         resolve_dataset(args.new_id)
     except UserError:  # not made yet
@@ -177,4 +188,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as error:
+        sys.exit(f"error: {error}")
