@@ -99,7 +99,7 @@ def markdown(summary: dict, seeds: list[int]) -> str:
     first = next(iter(summary.values()))
     keys = ["accuracy", "macro_f1", *sorted(k for k in first if k.startswith("recall_"))]
     paired = ["macro_f1", "recall_small"]
-    lines = [f"| synthetic | training images (real + synthetic per class) | " + " | ".join(keys) + " | "
+    lines = ["| synthetic | training images (real + synthetic per class) | " + " | ".join(keys) + " | "
              + " | ".join(f"Δ {k} vs none" for k in paired) + " |",
              "|---|---|" + "---|" * (len(keys) + len(paired))]
     for mode, entry in summary.items():
@@ -155,6 +155,7 @@ def main() -> None:
     write_csv(classes, classes_csv)
     test = stratified_test_cases(classes, TEST_FRACTION, args.split_seed)  # what classify holds out
     write_csv({case: c for case, c in classes.items() if case not in test}, gan_csv)
+    check_same_synthetic_dataset(work / "runs", args.new_id)  # before hours of GAN training
     gans = work / "gans"
     if not gans_done(gans, list(counts), args.gan_kimg):
         resume = ["--resume"] if gans.exists() else []
@@ -162,7 +163,6 @@ def main() -> None:
              "--resolution", str(args.gan_resolution), "--kimg", str(args.gan_kimg), "--channel-base", "1024",
              "--channel-max", "128", "--ada-kimg", "100", "--mirror", "--snapshot-kimg", str(args.gan_kimg),
              *resume)
-    check_same_synthetic_dataset(work / "runs", args.new_id)
     try:
         resolve_dataset(args.new_id)
     except UserError:  # not made yet
