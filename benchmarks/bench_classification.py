@@ -32,7 +32,7 @@ from nnunet_semi.classification.data import stratified_test_cases
 from nnunet_semi.errors import UserError
 from nnunet_semi.evaluation.aggregate import Stat, paired_difference
 from nnunet_semi.planners.raw import raw_root, resolve_dataset
-from nnunet_semi.synthesis.training import latest_checkpoint
+from nnunet_semi.synthesis.training import latest_checkpoint, snapshot_kimg
 
 MODES = ("none", "balance", "balance+20%", "balance+50%")
 TEST_FRACTION = 0.2
@@ -60,7 +60,7 @@ def case_classes(dataset: str, threshold: float) -> dict[str, str]:
 def gans_done(gans: Path, classes: list[str], kimg: float) -> bool:
     """Every class folder's newest snapshot (``network-snapshot-<images shown>.pt``) is at ``kimg`` or later."""
     snapshots = [latest_checkpoint(gans / c) for c in classes]
-    return all(s is not None and int(s.stem.rsplit("-", 1)[1]) >= kimg * 1000 for s in snapshots)
+    return all(s is not None and snapshot_kimg(s) >= kimg for s in snapshots)
 
 
 def check_same_synthetic_dataset(runs: Path, new_id: str) -> None:

@@ -26,8 +26,7 @@ from nnunet_semi.synthesis.data import DataSpec, from_unit_range, load_images, t
 from nnunet_semi.synthesis.fid import (FidNetwork, cached_inception_features, frechet_distance, inception_features,
                                        load_fid_network)
 from nnunet_semi.synthesis.generators import ClassGenerator, from_checkpoint
-
-SNAPSHOT_GLOB = "network-snapshot-*.pt"
+from nnunet_semi.synthesis.training import SNAPSHOT_GLOB, snapshot_kimg
 
 
 def parse_run(text: str) -> tuple[str, Path]:
@@ -43,10 +42,6 @@ def chosen_snapshots(folder: Path, every: int) -> list[Path]:
     """Every ``every``-th snapshot of a run (1-based: the every-th, 2 every-th, ...) and its last one."""
     snapshots = sorted(folder.glob(SNAPSHOT_GLOB))
     return [s for i, s in enumerate(snapshots, 1) if i % every == 0 or i == len(snapshots)]
-
-
-def kimg_of(snapshot: Path) -> float:
-    return int(snapshot.stem.rsplit("-", 1)[1]) / 1000
 
 
 def generated_uint8(generator: ClassGenerator, num_images: int, device: str) -> np.ndarray:
@@ -72,7 +67,7 @@ def snapshot_fid(snapshot: Path, num_images: int, network: FidNetwork, device: s
     real = real_features(generator.spec, network, device, known_real)
     fake = inception_features(network, generated_uint8(generator, num_images, device), device=device,
                               desc="generated")
-    return {"kimg": kimg_of(snapshot), "fid": frechet_distance(real, fake), "num_real": len(real),
+    return {"kimg": snapshot_kimg(snapshot), "fid": frechet_distance(real, fake), "num_real": len(real),
             "num_generated": len(fake), "resolution": generator.spec.resolution}
 
 

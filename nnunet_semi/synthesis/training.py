@@ -146,6 +146,11 @@ def snapshot_path(out_dir: Path, cur_nimg: int) -> Path:
     return out_dir / f"network-snapshot-{cur_nimg:09d}.pt"
 
 
+def snapshot_kimg(snapshot: Path) -> float:
+    """Thousands of images shown when a (network or full) snapshot was written, read from its file name."""
+    return int(snapshot.stem.rsplit("-", 1)[1]) / 1000
+
+
 def full_snapshot_path(out_dir: Path, cur_nimg: int) -> Path:
     return out_dir / f"full-snapshot-{cur_nimg:09d}.pt"
 
