@@ -41,11 +41,11 @@ def tiny_kl_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def toy_2d(tmp_path_factory):
-    """The planned 2d toy workspace (Dataset502_ToySemi6 and its twins), built once per test process."""
-    from e2e_support import build_toy_2d
+def toy_2d(tmp_path_factory, worker_id):
+    """The planned 2d toy workspace (Dataset502_ToySemi6 and its twins), built once per test run."""
+    from e2e_support import build_toy_2d, built_once, toy_2d_workspace
 
-    return build_toy_2d(tmp_path_factory.mktemp("e2e_2d"))
+    return built_once(tmp_path_factory, worker_id, "e2e_2d", build_toy_2d, toy_2d_workspace)
 
 
 @pytest.fixture(scope="session")

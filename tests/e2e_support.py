@@ -1,9 +1,11 @@
 """What the end-to-end tests (``test_e2e_*.py``) share: toy workspaces, user trainer files and helpers.
 
 The tests run real nnU-Net processes on tiny generated data. The toy datasets (2d: converted PNG images;
-3d_fullres: NIfTI volumes with two frames per subject) are made and planned once per test process (session
-fixtures ``toy_2d`` and ``toy_3d`` in conftest.py), so that the e2e tests can be spread over several files and
-processes.
+3d_fullres: NIfTI volumes with two frames per subject) are made and planned once (session fixtures ``toy_2d`` and
+``toy_3d`` in conftest.py; the 2d one is shared by pytest-xdist's workers), so that the e2e tests can be spread
+over several files and processes. Every test trains its own trainer name, so tests sharing a workspace never write
+to the same folder. Predictions use nnU-Net's sequential mode (``-npp 0 -nps 0``): spawned workers would each cost
+an interpreter importing torch, more than these cases take.
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 
 from nnunet_semi.env import nnunet_environment
@@ -123,7 +127,7 @@ class Workspace:
         self.root = root
         self.folders = {name: root / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
         for path in self.folders.values():
-            path.mkdir(parents=True)
+            path.mkdir(parents=True, exist_ok=True)
         self.env = nnunet_environment({**os.environ, **{k: str(v) for k, v in self.folders.items()}})
         if ext_folder is not None:  # a user's own trainer folder next to ours
             self.env["nnUNet_extTrainer"] = os.pathsep.join((str(ext_folder), self.env["nnUNet_extTrainer"]))
@@ -142,25 +146,47 @@ class Workspace:
     def predict_test_set(self, dataset: str, dataset_id: int, configuration: str, trainer: str) -> tuple[Path, Path]:
         images, out = self.folders["nnUNet_raw"] / dataset / "imagesTs", self.root / "predictions" / trainer
         run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", configuration,
-              "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], self.env)
+              "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0"], self.env)
         return images, out
+
+
+def toy_2d_workspace(root: Path) -> Workspace:
+    """The 2d toy workspace in ``root``, with the user trainer folder ``my_trainers`` next to ours."""
+    return Workspace(root, root / "my_trainers")
 
 
 def build_toy_2d(root: Path) -> Workspace:
     """Dataset502_ToySemi6 (6 labeled, 13 unlabeled, 5 test PNG cases), its labeled twin 503 and full twin 504,
-    planned by 'nnunet-semi plan'."""
+    planned by 'nnunet-semi plan' (one worker per nnU-Net pool: a spawned worker costs more than these cases)."""
     ext = root / "my_trainers"
-    ext.mkdir()
+    ext.mkdir(parents=True)
     (ext / "my_trainers.py").write_text(textwrap.dedent(RESUMABLE_TRAINER))
     (ext / "my_extension_trainers.py").write_text(textwrap.dedent(EXTENSION_TRAINER))
-    workspace = Workspace(root, ext)
+    workspace = toy_2d_workspace(root)
     images, masks = write_toy_2d_folders(root / "toy", num_cases=24, size=48)
     run(cli("convert-2d", str(images), str(masks), "-o", "501", "-n", "Toy", "--mask-values", "--label-names",
-              "core", "rim"), workspace.env)
+              "core", "rim", "-np", "1"), workspace.env)
     run(cli("make-semi", "501", "-o", "502", "--full-id", "504", "--count", "6", "--test-fraction", "0.2"),
          workspace.env)
-    run(cli("plan", "502", "-c", "2d", "-np", "2", "-npfp", "2", "--verify_dataset_integrity"), workspace.env)
+    run(cli("plan", "502", "-c", "2d", "-np", "1", "-npfp", "1", "--verify_dataset_integrity"), workspace.env)
     return workspace
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str,
+               build: Callable[[Path], Workspace], reopen: Callable[[Path], Workspace]) -> Workspace:
+    """``build(folder)`` once per test run. Under pytest-xdist the workers share the run's temporary root: the
+    first to take the lock builds there and marks the folder complete, the others ``reopen`` it."""
+    if worker_id == "master":  # no xdist: the session's own folder
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent
+    folder, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if done.is_file():
+            return reopen(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # what a worker whose build failed left
+        workspace = build(folder)
+        done.touch()
+        return workspace
 
 
 def build_toy_3d(root: Path) -> Workspace:
@@ -171,7 +197,7 @@ def build_toy_3d(root: Path) -> Workspace:
         write_toy_3d_dataset(511, num_subjects=8, frames=2, shape=(8, 24, 24))
     run(cli("make-semi", "511", "-o", "512", "--count", "3", "--test-fraction", "0.15", "--group-regex",
               r"subj\d+"), workspace.env)
-    run(cli("plan", "512", "-c", "3d_fullres", "-np", "2", "-npfp", "2"), workspace.env)
+    run(cli("plan", "512", "-c", "3d_fullres", "-np", "1", "-npfp", "1"), workspace.env)
     return workspace
 
 
@@ -219,7 +245,7 @@ def assert_stock_prediction_matches_validation(workspace: Workspace, dataset: st
     for case in cases:
         shutil.copy(workspace.folders["nnUNet_raw"] / dataset / "imagesTr" / f"{case}_0000.png", images)
     run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", "2d", "-f", "0",
-          "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1", "--save_probabilities"], workspace.env)
+          "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0", "--save_probabilities"], workspace.env)
     for case in cases:
         inside = np.load(validation / f"{case}.npz")["probabilities"]
         stock = np.load(out / f"{case}.npz")["probabilities"]

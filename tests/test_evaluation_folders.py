@@ -13,6 +13,7 @@ from PIL import Image
 from nnunet_semi.cli import main
 from nnunet_semi.errors import UserError
 from nnunet_semi.evaluation.aggregate import fold_means
+from nnunet_semi.evaluation import folders
 from nnunet_semi.evaluation.folders import evaluate_folder, label_classes, seconds_per_iteration
 
 SPACING_XYZ = (1.0, 2.0, 5.0)  # as SimpleITK writes it; nnU-Net's arrays are (z, y, x) with spacing (5, 2, 1)
@@ -89,6 +90,19 @@ def test_ssl4mis_mode_on_files(acdc_like_folders):
     case1 = evaluate_folder(ref, pred, ACDC_LIKE, mode="ssl4mis")["case1"]
     assert case1["RV"] == pytest.approx({"Dice": 0.0, "IoU": 0.0, "HD95": 1.0, "ASD": 1.0})  # voxels, not mm
     assert case1["LV"] == {"Dice": 0.0, "IoU": 0.0, "HD95": 0.0, "ASD": 0.0}  # a missing class scores 0
+
+
+def test_cheap_cases_are_evaluated_in_process_and_costly_ones_in_a_pool(monkeypatch):
+    """The pool of spawned workers is started only when the timed first case says it saves more than its
+    start-up; either way every result comes back, in order."""
+    started = []
+    spawn = folders.multiprocessing.get_context("spawn")
+    monkeypatch.setattr(folders.multiprocessing, "get_context", lambda method: started.append(method) or spawn)
+    assert list(folders._map(abs, [-1, 2, -3, 4], num_processes=2)) == [1, 2, 3, 4] and not started
+    assert list(folders._map(abs, [-1], num_processes=2)) == [1] and list(folders._map(abs, [], 2)) == []
+    monkeypatch.setattr(folders, "WORKER_STARTUP_S", -1.0)  # any work pays for the workers now
+    assert list(folders._map(abs, [-1, 2, -3, 4], num_processes=1)) == [1, 2, 3, 4] and not started
+    assert list(folders._map(abs, [-1, 2, -3, 4], num_processes=2)) == [1, 2, 3, 4] and started == ["spawn"]
 
 
 def test_png_images_are_measured_in_2d(tmp_path):

@@ -191,6 +191,13 @@ def train_missing(runs: list[Run], configuration: str, plans: str, folds: list[i
                         logs / f"train_{run.trainer}_{run.dataset}_fold{fold}.log", epochs, environment)
 
 
+def predictor_workers(device: str) -> list[str]:
+    """nnUNetv2_predict's preprocessing / export workers: none on the CPU, where the network already uses every
+    core and each spawned worker costs seconds of imports (``-npp 0 -nps 0`` is nnU-Net's sequential mode); one
+    each next to an accelerator, to overlap them with the network."""
+    return ["-npp", "0", "-nps", "0"] if device == "cpu" else ["-npp", "1", "-nps", "1"]
+
+
 def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, output: Path,
                      device: str, logs: Path, tta: bool = True) -> Path:
     """``nnUNetv2_predict`` of one fold's model (with nnU-Net's mirroring unless ``tta`` is False), skipped when
@@ -203,7 +210,7 @@ def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_i
         return folder
     _run_logged(["nnUNetv2_predict", "-i", str(test_images), "-o", str(folder), "-d", run.dataset, "-c",
                  configuration, "-f", str(fold), "-tr", run.trainer, "-p", plans, "-device", device,
-                 "-npp", "1", "-nps", "1", *([] if tta else ["--disable_tta"])],
+                 *predictor_workers(device), *([] if tta else ["--disable_tta"])],
                 logs / f"predict_{run.trainer}_{run.dataset}_fold{fold}.log")
     return folder
 
