@@ -4,8 +4,8 @@ The tests run real nnU-Net processes on tiny generated data. The toy datasets (2
 3d_fullres: NIfTI volumes with two frames per subject) are made and planned once (session fixtures ``toy_2d`` and
 ``toy_3d`` in conftest.py; the 2d one is shared by pytest-xdist's workers), so that the e2e tests can be spread
 over several files and processes. Every test trains its own trainer name, so tests sharing a workspace never write
-to the same folder. Predictions use nnU-Net's sequential mode (``-npp 0 -nps 0``): spawned workers would each cost
-an interpreter importing torch, more than these cases take.
+to the same folder. Predictions use nnU-Net's sequential mode on the CPU (``predictor_workers``, as the benchmark
+does): spawned workers would each cost an interpreter importing torch, more than these cases take.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from filelock import FileLock
 from PIL import Image
 
 from nnunet_semi.env import nnunet_environment
+from nnunet_semi.evaluation.benchmark import predictor_workers
 from nnunet_semi.toy_data import write_toy_2d_folders, write_toy_3d_dataset
 
 RESUMABLE_TRAINER = """
@@ -146,19 +147,23 @@ class Workspace:
     def predict_test_set(self, dataset: str, dataset_id: int, configuration: str, trainer: str) -> tuple[Path, Path]:
         images, out = self.folders["nnUNet_raw"] / dataset / "imagesTs", self.root / "predictions" / trainer
         run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", configuration,
-              "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0"], self.env)
+              "-f", "0", "-tr", trainer, "-device", "cpu", *predictor_workers("cpu")], self.env)
         return images, out
 
 
 def toy_2d_workspace(root: Path) -> Workspace:
     """The 2d toy workspace in ``root``, with the user trainer folder ``my_trainers`` next to ours."""
-    return Workspace(root, root / "my_trainers")
+    return Workspace(root, user_trainers(root))
+
+
+def user_trainers(root: Path) -> Path:
+    return root / "my_trainers"
 
 
 def build_toy_2d(root: Path) -> Workspace:
     """Dataset502_ToySemi6 (6 labeled, 13 unlabeled, 5 test PNG cases), its labeled twin 503 and full twin 504,
     planned by 'nnunet-semi plan' (one worker per nnU-Net pool: a spawned worker costs more than these cases)."""
-    ext = root / "my_trainers"
+    ext = user_trainers(root)
     ext.mkdir(parents=True)
     (ext / "my_trainers.py").write_text(textwrap.dedent(RESUMABLE_TRAINER))
     (ext / "my_extension_trainers.py").write_text(textwrap.dedent(EXTENSION_TRAINER))
@@ -245,7 +250,7 @@ def assert_stock_prediction_matches_validation(workspace: Workspace, dataset: st
     for case in cases:
         shutil.copy(workspace.folders["nnUNet_raw"] / dataset / "imagesTr" / f"{case}_0000.png", images)
     run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", "2d", "-f", "0",
-          "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0", "--save_probabilities"], workspace.env)
+          "-tr", trainer, "-device", "cpu", *predictor_workers("cpu"), "--save_probabilities"], workspace.env)
     for case in cases:
         inside = np.load(validation / f"{case}.npz")["probabilities"]
         stock = np.load(out / f"{case}.npz")["probabilities"]
