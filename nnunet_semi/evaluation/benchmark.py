@@ -1,9 +1,11 @@
 """``nnunet-semi benchmark``: semi-supervised trainers against vanilla nnU-Net, trained and evaluated alike.
 
 For each semi-supervised dataset made by ``make-semi`` (several give the Dice-versus-labeled-fraction plot) the rows
-are: vanilla nnU-Net on the labeled-only twin (the reference), every requested trainer on the semi-supervised
-dataset and, when the dataset has a fully labeled twin, vanilla nnU-Net on it (the upper bound). All datasets must
-share their plans (``nnunet-semi plan`` ensures it); all share their validation folds. Trainings run through the
+are: vanilla nnU-Net on the labeled-only twin (the reference), every requested semi-supervised trainer on the
+semi-supervised dataset, every requested supervised trainer (nnU-Net's own variants, e.g. ``nnUNetTrainerDA5``) on
+the labeled-only twin (the unlabeled cases of the semi-supervised dataset carry only the ignore label) and, when the
+dataset has a fully labeled twin, vanilla nnU-Net on it (the upper bound). All datasets must share their plans
+(``nnunet-semi plan`` ensures it); all share their validation folds. Trainings run through the
 unmodified ``nnUNetv2_train`` (finished folds are skipped, interrupted ones resumed with ``--c``), test sets are
 predicted with ``nnUNetv2_predict``, and the report is written only when everything has been evaluated.
 """
@@ -68,9 +70,30 @@ def labeled_fraction(manifest: dict) -> float:
     return labeled / (labeled + unlabeled)
 
 
+def resolve_trainer(name: str) -> type | None:
+    """The trainer class ``nnUNetv2_train`` would use for ``name`` (ours, nnU-Net's, ``nnUNet_extTrainer``'s), or
+    None when there is none."""
+    from nnunet_semi.env import register_ext_trainers
+    from nnunet_semi.trainers import find_trainer_class
+    register_ext_trainers()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
+            return find_trainer_class(name)
+    except RuntimeError:
+        return None
+
+
+def is_supervised(trainer: str) -> bool:
+    """A known trainer that never reads unlabeled cases (not one of our semi-supervised ones)."""
+    from nnunet_semi.core.trainer import nnUNetTrainerSemi
+    found = resolve_trainer(trainer)
+    return found is not None and not issubclass(found, nnUNetTrainerSemi)
+
+
 def benchmark_runs(semi_datasets: list[str], trainers: list[str], budget: TrainingBudget | None,
                    with_upper_bound: bool = True) -> list[Run]:
-    """The rows for every semi-supervised dataset; the upper bound once (the first full twin found), if wanted."""
+    """The rows for every semi-supervised dataset; the upper bound once (the first full twin found), if wanted.
+    Supervised trainers train on the labeled-only twin; vanilla nnU-Net among ``trainers`` is the reference row."""
     def with_budget(trainer: str) -> str:
         return budget_variant_name(trainer, budget.epochs, budget.iterations_per_epoch) if budget else trainer
 
@@ -80,9 +103,10 @@ def benchmark_runs(semi_datasets: list[str], trainers: list[str], budget: Traini
         if manifest.get("role") != "semi":
             raise UserError(f"{semi} was not made by 'nnunet-semi make-semi': its labeled-only twin is unknown.")
         fraction = labeled_fraction(manifest)
-        runs.append(Run("nnU-Net (labeled only)", resolve_dataset(manifest["labeled_twin"]), with_budget(VANILLA),
-                        "reference", fraction))
-        runs += [Run(t, semi, with_budget(t), "method", fraction) for t in trainers]
+        labeled_twin = resolve_dataset(manifest["labeled_twin"])
+        runs.append(Run("nnU-Net (labeled only)", labeled_twin, with_budget(VANILLA), "reference", fraction))
+        runs += [Run(t, labeled_twin if is_supervised(t) else semi, with_budget(t), "method", fraction)
+                 for t in trainers if t != VANILLA]
         if with_upper_bound and upper_bound is None and manifest.get("full_twin"):
             upper_bound = Run("nnU-Net (all labels)", resolve_dataset(manifest["full_twin"]), with_budget(VANILLA),
                               "upper_bound", None)
@@ -101,17 +125,10 @@ def _plans_without_name(dataset: str, plans: str) -> dict:
 def check_trainers_and_configuration(runs: list[Run], configuration: str, plans: str) -> None:
     """Resolve every trainer through nnU-Net's own lookup (with our trainer folder) and check that the plans define
     the configuration, before anything trains."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    from nnunet_semi.env import register_ext_trainers
-    register_ext_trainers()
     for run in runs:
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
-                recursive_find_trainer_class_by_name(run.trainer)
-        except RuntimeError:
+        if resolve_trainer(run.trainer) is None:
             raise UserError(f"Unknown trainer '{run.trainer}': nnUNetv2_train would not find it in nnU-Net's "
-                            f"trainers, ours or the folders of nnUNet_extTrainer.") from None
+                            f"trainers, ours or the folders of nnUNet_extTrainer.")
     available = sorted(_plans_without_name(runs[0].dataset, plans)["configurations"])
     if configuration not in available:
         raise UserError(f"Configuration '{configuration}' is not in plans '{plans}' of {runs[0].dataset}; "
@@ -220,7 +237,7 @@ def learning_curves(runs: list[Run], configuration: str, plans: str, folds: list
                     max_cases: int | None) -> list[Path]:
     """Evaluate every fold's weight snapshots on the test set (see :mod:`nnunet_semi.evaluation.curves`) and write
     ``learning_curves.csv`` and ``learning_curves.png``; returns them (nothing when no fold has snapshots)."""
-    rows, roles, several = [], {}, len({r.dataset for r in runs if r.role == "method"}) > 1
+    rows, roles, several = [], {}, len({semi_dataset_of(r) for r in runs if r.role == "method"}) > 1
     for run in runs:
         test_set = test_sets.get(semi_dataset_of(run))
         model_folder = run.model_folder(configuration, plans)
@@ -329,9 +346,7 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
 
 
 def semi_dataset_of(run: Run) -> str:
-    """The semi-supervised dataset a row belongs to: a method's own dataset, the semi twin of the others."""
-    if run.role == "method":
-        return run.dataset
+    """The semi-supervised dataset a row belongs to: its own dataset, or the semi twin of a twin."""
     manifest = read_manifest(run.dataset) or {}
     return resolve_dataset(manifest["semi"]) if "semi" in manifest else run.dataset
 
@@ -368,7 +383,8 @@ def register(subparsers) -> None:
                                                     "several give the Dice-versus-labeled-fraction plot")
     parser.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
     parser.add_argument("-tr", "--trainers", nargs="+", default=["nnUNetTrainerMeanTeacher"],
-                        help="semi-supervised trainers to compare with vanilla nnU-Net (default: Mean Teacher)")
+                        help="trainers to compare with vanilla nnU-Net (default: Mean Teacher); supervised ones "
+                             "(e.g. nnUNetTrainerDA5) train on the labeled-only twin, vanilla is always the reference")
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
                         help="cross-validation folds; each fold's model also predicts the test set (default 0-4)")
     parser.add_argument("-o", "--output", required=True, help="report folder (also holds logs and test predictions)")

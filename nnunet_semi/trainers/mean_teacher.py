@@ -85,6 +85,12 @@ class nnUNetTrainerMeanTeacher_exportTeacher_consistency1(nnUNetTrainerMeanTeach
     consistency_weight = 1.0
 
 
+class nnUNetTrainerMeanTeacher_exportTeacher_consistency3(nnUNetTrainerMeanTeacher_exportTeacher):
+    """Consistency-weight ablation: 3.0, between ``_consistency1`` and ``_consistency10`` (the dose-response peak)."""
+
+    consistency_weight = 3.0
+
+
 class nnUNetTrainerMeanTeacher_exportTeacher_consistency10(nnUNetTrainerMeanTeacher_exportTeacher):
     """Consistency-weight ablation: 10.0, the upper end of the dose-response with ``_consistency1``."""
 
