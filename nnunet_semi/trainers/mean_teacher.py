@@ -86,7 +86,8 @@ class nnUNetTrainerMeanTeacher_exportTeacher_consistency1(nnUNetTrainerMeanTeach
 
 
 class nnUNetTrainerMeanTeacher_exportTeacher_consistency3(nnUNetTrainerMeanTeacher_exportTeacher):
-    """Consistency-weight ablation: 3.0, between ``_consistency1`` and ``_consistency10`` (the dose-response peak)."""
+    """Consistency-weight ablation: 3.0, between ``_consistency1`` and ``_consistency10``. Measured past the peak on
+    Kvasir-SEG 10 % at 400 iterations (5 paired runs: +0.15 Dice over vanilla, weight 1 +0.99)."""
 
     consistency_weight = 3.0
 
