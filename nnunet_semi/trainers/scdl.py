@@ -27,7 +27,7 @@ from nnunet_semi.core.network import planned_network
 from nnunet_semi.core.teacher import unwrap_network
 from nnunet_semi.core.trainer import Batch, full_resolution
 from nnunet_semi.trainers.cps import nnUNetTrainerCPS
-from nnunet_semi.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+from nnunet_semi.trainers.mean_teacher import nnUNetTrainerMeanTeacher_ssl4mis
 
 SCDL_TERMS = ("loss_e2p", "loss_p2e", "loss_sac")
 
@@ -126,10 +126,11 @@ class SCDLPlugin:
         return semantic_anchor_loss(network.proxies.means, anchors, present)  # eq. 9
 
 
-class nnUNetTrainerSCDL(SCDLPlugin, nnUNetTrainerMeanTeacher):
-    """SCDL over Mean Teacher (the EMA teacher copies the proxies and priors and predicts in eval mode)."""
+class nnUNetTrainerSCDL(SCDLPlugin, nnUNetTrainerMeanTeacher_ssl4mis):
+    """SCDL over Mean Teacher (the EMA teacher copies the proxies and priors and predicts in eval mode), with the
+    SSL4MIS base setting the paper builds on and SCDL was measured with (consistency weight 0.1, student exported)."""
 
-    train_terms = nnUNetTrainerMeanTeacher.train_terms + SCDL_TERMS
+    train_terms = nnUNetTrainerMeanTeacher_ssl4mis.train_terms + SCDL_TERMS
 
 
 class nnUNetTrainerSCDL_CPS(SCDLPlugin, nnUNetTrainerCPS):
