@@ -199,3 +199,15 @@ def test_a_dataset_without_labeled_cases_is_refused_before_nnunet_writes_splits(
     with pytest.raises(UserError, match="Dataset900_AllUnlabeled has no labeled case: all 2 training cases"):
         trainer.do_split()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("saved, warned", [({"exported": "student", "teacher": {}}, True),
+                                           ({"exported": "student"}, False),  # saved before the teacher existed
+                                           ({"exported": "teacher", "teacher": {}}, False), ({}, False)])
+def test_resuming_a_run_started_with_the_other_export_is_logged(saved, warned):
+    """A checkpoint from before Mean Teacher's defaults changed (student exported) resumes under the new default."""
+    trainer = object.__new__(nnUNetTrainerMeanTeacher)
+    logged = []
+    trainer.print_to_log_file = lambda *args: logged.append(" ".join(map(str, args)))
+    trainer.warn_if_export_changed(saved)
+    assert bool(logged) == warned and all("exported_network = 'student'" in line for line in logged)

@@ -533,6 +533,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     def load_semi_state_dict(self, state: dict) -> None:
         self.global_step = state["global_step"]
+        self.warn_if_export_changed(state)
         for name, module_state in state.get("extra_modules", {}).items():
             unwrap_network(self.extra_modules[name]).load_state_dict(module_state)
         if "student" in state:  # network_weights hold the exported teacher
@@ -540,6 +541,18 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         if "teacher" in state:
             self.teacher = self.new_teacher()
             self.teacher.load_state_dict(state["teacher"])
+
+    def warn_if_export_changed(self, state: dict) -> None:
+        """Log when a resumed run was started exporting the other network (a trainer's defaults changed since).
+        A checkpoint written before the teacher existed records the student for either setting."""
+        exported_then = state.get("exported")
+        exported_now = "teacher" if self.exported_network == "teacher" and "teacher" in state else "student"
+        if exported_then is not None and exported_then != exported_now:
+            self.print_to_log_file(
+                f"WARNING: this run was started exporting the {exported_then}; {self.__class__.__name__} exports the "
+                f"{exported_now} from now on (its defaults changed since). To continue as started, copy this fold "
+                f"folder into the output folder of a variant with exported_network = '{exported_then}' (for Mean "
+                f"Teacher: nnUNetTrainerMeanTeacher_ssl4mis) and resume that variant with --c.")
 
     def save_checkpoint(self, filename: str) -> None:
         """nnUNetTrainer.save_checkpoint's layout plus ``semi_state``, written to a temporary name, then renamed.
