@@ -375,9 +375,13 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         if self.global_step > 0:
             self.print_to_log_file(f"EMA teacher initialised from the student after {self.global_step} iterations.")
 
+    def exported_name(self, has_teacher: bool) -> str:
+        """The network actually exported: the student until a teacher exists, whatever ``exported_network`` says."""
+        return "teacher" if self.exported_network == "teacher" and has_teacher else "student"
+
     @property
     def exports_teacher(self) -> bool:
-        return self.exported_network == "teacher" and self.teacher is not None
+        return self.exported_name(self.teacher is not None) == "teacher"
 
     @contextlib.contextmanager
     def exported_network_in_place(self):
@@ -523,7 +527,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     # ------------------------------------------------------------------ checkpoints
     def semi_state_dict(self) -> dict:
         """Extra training state saved under ``semi_state``; subclasses extend it."""
-        state = {"global_step": self.global_step, "exported": "teacher" if self.exports_teacher else "student",
+        state = {"global_step": self.global_step, "exported": self.exported_name(self.teacher is not None),
                  "extra_modules": {name: unwrap_network(m).state_dict() for name, m in self.extra_modules.items()}}
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
@@ -545,8 +549,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     def warn_if_export_changed(self, state: dict) -> None:
         """Log when a resumed run was started exporting the other network (a trainer's defaults changed since).
         A checkpoint written before the teacher existed records the student for either setting."""
-        exported_then = state.get("exported")
-        exported_now = "teacher" if self.exported_network == "teacher" and "teacher" in state else "student"
+        exported_then, exported_now = state.get("exported"), self.exported_name("teacher" in state)
         if exported_then is not None and exported_then != exported_now:
             self.print_to_log_file(
                 f"WARNING: this run was started exporting the {exported_then}; {self.__class__.__name__} exports the "
