@@ -21,7 +21,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     the first quarter of training follows Tarvainen & Valpola (80 of 300 epochs). Consistency weight 1 and the EMA
     teacher exported are measured defaults: on Kvasir-SEG 10 % at 400 iterations, five paired runs in one session,
     +0.99 [+0.09, +1.89] Dice over vanilla nnU-Net, where SSL4MIS's weight 0.1 with the student exported (the
-    former defaults, ``_ssl4mis``) was level with it; at 1000 iterations, three runs, +2.22 [-4.14, +8.58]. At weight
+    former defaults, ``_ssl4mis``) was level with it; at 1000 iterations, five runs, +1.73 [-0.81, +4.28]. At weight
     0.1 the weighted consistency term is about 1 % of the supervised loss; weights 3 and 10 over-regularise (README,
     "Benchmarking").
     Steps without unlabeled views (a ``warmup_fraction`` > 0, or ``_labeledOnly``) optimise the supervised loss only.
