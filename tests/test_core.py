@@ -99,16 +99,18 @@ def test_budget_variant_of_vanilla_and_semi_trainers():
 
 def test_mean_teacher_defaults_and_the_settings_measured_variants_keep():
     """Weight 1 with the EMA teacher exported by default; SCDL keeps the SSL4MIS setting it was measured with, and the
-    benchmark tables' trainer names keep theirs."""
+    benchmark tables' trainer names keep theirs (SCDL's ``_exportTeacher_consistency1`` has Mean Teacher's)."""
     from nnunet_semi.trainers import (nnUNetTrainerMeanTeacher_exportTeacher,
                                       nnUNetTrainerMeanTeacher_exportTeacher_consistency1,
-                                      nnUNetTrainerMeanTeacher_ssl4mis, nnUNetTrainerSCDL)
+                                      nnUNetTrainerMeanTeacher_ssl4mis, nnUNetTrainerSCDL,
+                                      nnUNetTrainerSCDL_exportTeacher_consistency1)
 
     def setting(trainer_class: type) -> tuple[float, str]:
         return trainer_class.consistency_weight, trainer_class.exported_network
 
     assert setting(nnUNetTrainerMeanTeacher) == setting(nnUNetTrainerMeanTeacher_exportTeacher_consistency1)
     assert setting(nnUNetTrainerMeanTeacher) == (1.0, "teacher")
+    assert setting(nnUNetTrainerSCDL_exportTeacher_consistency1) == (1.0, "teacher")
     assert setting(nnUNetTrainerMeanTeacher_ssl4mis) == setting(nnUNetTrainerSCDL) == (0.1, "student")
     assert setting(nnUNetTrainerMeanTeacher_exportTeacher) == (0.1, "teacher")
 

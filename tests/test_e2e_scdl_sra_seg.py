@@ -1,4 +1,5 @@
-"""End to end through the unmodified nnU-Net commands: SCDL over CPS and SRA-Seg in 2d.
+"""End to end through the unmodified nnU-Net commands: SCDL over CPS and over Mean Teacher's defaults, and SRA-Seg
+in 2d.
 
 Toy workspaces and helpers: tests/e2e_support.py.
 """
@@ -35,6 +36,22 @@ def test_2d_scdl_cps_trains_both_networks_resumes_and_predicts_identically(toy_2
                for t in ("loss_cps", "loss_e2p", "loss_p2e", "loss_sac"))
     assert len(final["optimizer_state"]["param_groups"]) == 2  # second network optimised with the first
     assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)
+
+def test_2d_scdl_over_mean_teacher_defaults_exports_the_teacher_with_its_proxies(toy_2d):
+    """SCDL over Mean Teacher's defaults exports the EMA teacher, proxies and priors included, and stock
+    nnUNetv2_predict rebuilds that network and reproduces the trainer's own validation."""
+    trainer, dataset = "nnUNetTrainerSCDL_exportTeacher_consistency1_2epochs_3its", "Dataset502_ToySemi6"
+    toy_2d.train(502, "2d", trainer, "--npz")
+    final = toy_2d.checkpoint(dataset, trainer, "2d")
+    semi = final["semi_state"]
+    assert semi["exported"] == "teacher" and semi["global_step"] == 6
+    assert "proxies.means" in final["network_weights"]
+    assert any(k.startswith("prior_projections.") for k in final["network_weights"])
+    assert all(torch.equal(final["network_weights"][k], v) for k, v in semi["teacher"].items())
+    assert not torch.equal(semi["student"]["proxies.means"], final["network_weights"]["proxies.means"])
+    assert_terms_logged(final, ("loss_consistency", "consistency_weight", "loss_e2p", "loss_p2e", "loss_sac"), 2)
+    assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)
+
 
 def test_2d_sra_seg_both_phases_and_predicts(toy_2d):
     trainer, dataset = "nnUNetTrainerSRASeg_effnetSA_3epochs_4its", "Dataset502_ToySemi6"

@@ -27,7 +27,7 @@ from nnunet_semi.core.network import planned_network
 from nnunet_semi.core.teacher import unwrap_network
 from nnunet_semi.core.trainer import Batch, full_resolution
 from nnunet_semi.trainers.cps import nnUNetTrainerCPS
-from nnunet_semi.trainers.mean_teacher import nnUNetTrainerMeanTeacher_ssl4mis
+from nnunet_semi.trainers.mean_teacher import nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_ssl4mis
 
 SCDL_TERMS = ("loss_e2p", "loss_p2e", "loss_sac")
 
@@ -131,6 +131,13 @@ class nnUNetTrainerSCDL(SCDLPlugin, nnUNetTrainerMeanTeacher_ssl4mis):
     SSL4MIS base setting the paper builds on and SCDL was measured with (consistency weight 0.1, student exported)."""
 
     train_terms = nnUNetTrainerMeanTeacher_ssl4mis.train_terms + SCDL_TERMS
+
+
+class nnUNetTrainerSCDL_exportTeacher_consistency1(SCDLPlugin, nnUNetTrainerMeanTeacher):
+    """SCDL over Mean Teacher's current defaults (consistency weight 1, EMA teacher exported with its proxies and
+    priors), named like the Mean Teacher variant with that setting: the candidate base for ``nnUNetTrainerSCDL``."""
+
+    train_terms = nnUNetTrainerMeanTeacher.train_terms + SCDL_TERMS
 
 
 class nnUNetTrainerSCDL_CPS(SCDLPlugin, nnUNetTrainerCPS):
