@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from nnunet_semi.evaluation.benchmark import benchmark_runs
 from nnunet_semi.evaluation.report import TrainingBudget
 from nnunet_semi.planners.raw import MANIFEST_FILE
@@ -61,3 +63,33 @@ def test_unknown_trainer_or_configuration_stops_before_any_training(nnunet_folde
     typo = benchmark_runs(["Dataset005_Semi"], ["nnUNetTrainerMeanTeacehr"], TrainingBudget(2, 5))
     with pytest.raises(UserError, match="Unknown trainer 'nnUNetTrainerMeanTeacehr_2epochs_5its'"):
         check_trainers_and_configuration(typo, "2d", "nnUNetPlans")
+
+
+def test_our_names_resolve_without_nnunets_module_scan(monkeypatch):
+    """Our trainers, nnU-Net's base trainer and `_<E>epochs_<I>its` budget variants resolve without nnU-Net's lookup
+    (which fails in processes that imported `transformers`); other names still go through it, and a name nnU-Net
+    does not know is None, while any other failure of its lookup is raised, not taken for an unknown name."""
+    import nnunetv2.utilities.find_objects as find_objects
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_semi.evaluation.benchmark import resolve_trainer
+    from nnunet_semi.trainers import TRAINERS, find_trainer_class
+
+    def scan(name):
+        if name == "nnUNetTrainerDA5":
+            return nnUNetTrainer  # stands in for nnU-Net's class
+        if name == "nnUNetTrainerBroken":
+            raise RuntimeError("dictionary changed size during iteration")
+        raise RuntimeError(f"Could not find requested nnunet trainer {name} in nnunetv2.training.nnUNetTrainer")
+
+    monkeypatch.setattr(find_objects, "recursive_find_trainer_class_by_name", scan)
+    assert find_trainer_class("nnUNetTrainerMeanTeacher") is TRAINERS["nnUNetTrainerMeanTeacher"]
+    assert find_trainer_class("nnUNetTrainer") is nnUNetTrainer
+    variant = find_trainer_class("nnUNetTrainer_7epochs_11its")
+    assert issubclass(variant, nnUNetTrainer) and (variant.num_epochs, variant.num_iterations_per_epoch) == (7, 11)
+    assert issubclass(find_trainer_class("nnUNetTrainerMeanTeacher_3epochs_5its"), TRAINERS["nnUNetTrainerMeanTeacher"])
+    assert find_trainer_class("nnUNetTrainerDA5") is nnUNetTrainer  # nnU-Net's own names: its lookup
+    assert resolve_trainer("nnUNetTrainerNope") is None
+    assert resolve_trainer("nnUNetTrainerNope_3epochs_5its") is None
+    with pytest.raises(RuntimeError, match="dictionary changed size"):
+        resolve_trainer("nnUNetTrainerBroken")

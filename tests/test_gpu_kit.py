@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -121,4 +122,38 @@ def test_prepare_and_smoke_run(tmp_path):
     for method in results["methods"].values():
         assert 0 <= method["test_dice"]["mean"] <= 1 and method["seconds_per_iteration"] > 0
         assert method["training"]["0"]["epochs_trained"] == 2
-    assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "dice_per_method.png", "run.log"}
+    assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "dice_per_method.png", "run.log",
+                                                "logs.tar.gz"}
+    with tarfile.open(out / "logs.tar.gz") as logs:
+        names = logs.getnames()
+    assert any(n.endswith("progress.png") for n in names) and any("training_log_" in n for n in names)
+
+
+def _timing(rows: dict[str, float]) -> dict:
+    return {"rows": [{"trainer": t, "seconds_per_iteration": s} for t, s in rows.items()]}
+
+
+def test_auto_budget_fits_the_slowest_fold_of_every_row(tmp_path):
+    """budget.py: epochs = (seconds - rows x start-up) / sum over rows of (iterations x slowest s/it + epoch cost),
+    with the longest epoch (250, 100, 50 iterations) that still gives the minimum number of epochs."""
+    sys.path.insert(0, str(KIT))
+    try:
+        import budget
+    finally:
+        sys.path.remove(str(KIT))
+    timings = [_timing({"nnUNetTrainer": 0.05, "MT": 0.10}), _timing({"nnUNetTrainer": 0.07, "MT": 0.09})]
+    speeds = budget.slowest_seconds_per_iteration(timings)
+    assert speeds == {"nnUNetTrainer": 0.07, "MT": 0.10}
+    # (600 - 2 x 45) / ((100 x 0.07 + 3) + (100 x 0.10 + 3)) = 510 / 23 = 22.2
+    assert budget.affordable_epochs(speeds, 600, 100, 45, 3) == 22
+    assert budget.affordable_epochs(speeds, 80, 100, 45, 3) == 0
+    # 250-iteration epochs: 510 / (20.5 + 28) = 10.5 -> 10 epochs; 8 would not do for 20 epochs, 100 gives 22
+    assert budget.choose_budget(speeds, 600, 10, 45, 3) == (10, 250)
+    assert budget.choose_budget(speeds, 600, 20, 45, 3) == (22, 100)
+    for i, timing in enumerate(timings):
+        (tmp_path / f"t{i}.json").write_text(json.dumps(timing))
+    command = [sys.executable, str(KIT / "budget.py"), str(tmp_path / "t0.json"), str(tmp_path / "t1.json")]
+    fits = subprocess.run([*command, "--seconds", "600", "--min-epochs", "20"], capture_output=True, text=True)
+    assert fits.returncode == 0 and fits.stdout.strip() == "22x100"
+    too_short = subprocess.run([*command, "--seconds", "80"], capture_output=True, text=True)
+    assert too_short.returncode == 1 and "not even one epoch" in too_short.stderr

@@ -8,8 +8,11 @@ versions of Python, torch, nnU-Net and nnunet-semi.
 When the benchmark did not finish (``--benchmark-status`` not 0, e.g. 124 when the deadline killed it), results.json
 says so and lists the training summaries that exist.
 
+With ``--timings`` (the JSON files of ``benchmarks/bench_iteration_time.py`` that ``--budget auto`` measured),
+results.json also holds each row's seconds per iteration, ratio to vanilla and peak memory from those timings.
+
 Usage: python results.py BENCHMARK_FOLDER -o OUT --start UNIX_SECONDS --deadline-s S [--smoke 0|1]
-       [--benchmark-status N]
+       [--benchmark-status N] [--timings FILE ...]
 """
 from __future__ import annotations
 
@@ -72,6 +75,8 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, required=True)
     parser.add_argument("--smoke", type=int, default=0)
     parser.add_argument("--benchmark-status", type=int, default=0, help="exit status of nnunet-semi benchmark")
+    parser.add_argument("--timings", nargs="*", type=Path, default=[],
+                        help="bench_iteration_time.py JSON files (missing files are skipped)")
     args = parser.parse_args()
 
     elapsed = time.time() - args.start
@@ -86,6 +91,7 @@ def main() -> None:
         "details": report["details"],
         "methods": {m["name"]: method_results(m) for m in report["methods"]},
         "training_summaries": {} if complete else finished_trainings(),
+        "iteration_timings": {p.name: json.loads(p.read_text()) for p in args.timings if p.is_file()},
         "wall_seconds": round(elapsed, 1),
         "deadline_seconds": args.deadline_s,
         "deadline_met": elapsed <= args.deadline_s,
@@ -93,7 +99,7 @@ def main() -> None:
     }
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "results.json").write_text(json.dumps(results, indent=1))
-    for name in ("report.md", "dice_per_method.png"):
+    for name in ("report.md", "dice_per_method.png", "learning_curves.png", "learning_curves.csv"):
         if (args.benchmark / name).is_file():
             shutil.copy(args.benchmark / name, args.output / name)
     for name, method in results["methods"].items():

@@ -70,6 +70,9 @@ def labeled_fraction(manifest: dict) -> float:
     return labeled / (labeled + unlabeled)
 
 
+_TRAINER_NOT_FOUND = "Could not find requested nnunet trainer"  # nnU-Net's message when no trainer has the name
+
+
 def resolve_trainer(name: str) -> type | None:
     """The trainer class ``nnUNetv2_train`` would use for ``name`` (ours, nnU-Net's, ``nnUNet_extTrainer``'s), or
     None when there is none."""
@@ -79,8 +82,10 @@ def resolve_trainer(name: str) -> type | None:
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
             return find_trainer_class(name)
-    except RuntimeError:
-        return None
+    except RuntimeError as error:
+        if str(error).startswith(_TRAINER_NOT_FOUND):
+            return None
+        raise  # a trainer module that fails to import is not an unknown name
 
 
 def is_supervised(trainer: str) -> bool:

@@ -34,9 +34,23 @@ _BUDGET_NAME = re.compile(r"(?P<base>\w+?)_(?P<epochs>\d+)epochs(?:_(?P<iteratio
 
 
 def find_trainer_class(name: str) -> type:
-    """Our trainers by name, else nnU-Net's own lookup (its folder, then ``nnUNet_extTrainer``)."""
+    """Our trainers and nnU-Net's base trainer by name, ``<Trainer>_<E>epochs_<I>its`` budget variants (a form
+    nnU-Net ships none of), else nnU-Net's own lookup (its folder, then ``nnUNet_extTrainer``).
+
+    The first three never run nnU-Net's lookup: in nnU-Net 2.8.1 it iterates ``sys.modules`` while reading each
+    module's ``__file__`` / ``__path__``, which fails ("dictionary changed size during iteration") in a process that
+    has imported a package with lazily loaded submodules (``transformers``, pulled in by our imports where it is
+    installed, as on the GPU kit's machine). ``nnUNetv2_train`` and ``nnUNetv2_predict`` find the same classes in their own
+    processes."""
+    if name in TRAINERS:
+        return TRAINERS[name]
+    if name == nnUNetTrainer.__name__:
+        return nnUNetTrainer
+    match = _BUDGET_NAME.fullmatch(name)
+    if match is not None and match["iterations"]:
+        return budget_variant_from_name(name)
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    return TRAINERS.get(name) or recursive_find_trainer_class_by_name(name)
+    return recursive_find_trainer_class_by_name(name)
 
 
 def budget_variant_from_name(name: str) -> type:
