@@ -74,10 +74,10 @@ fi
 # SimpleITK is not carried (too large); the 2D PNG path only imports it. The smoke run uses the stand-in too.
 export PYTHONPATH="$here/simpleitk_stub${PYTHONPATH:+:$PYTHONPATH}"
 export nnUNet_compile=false  # torch.compile would spend minutes of the deadline compiling
-# fail here, in seconds, if nnU-Net would not find our trainers (nnU-Net prints where it searched)
+# fail here, in seconds, if nnUNetv2_train would not find our trainers (nnU-Net prints where it searched)
 python -c "import torch; from nnunet_semi.env import register_ext_trainers; register_ext_trainers()
-from nnunet_semi.trainers import find_trainer_class
-print(find_trainer_class('nnUNetTrainerMeanTeacher_1epochs_1its'), 'torch', torch.__version__,
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find
+print(find('nnUNetTrainerMeanTeacher_1epochs_1its'), 'torch', torch.__version__,
       'cuda' if torch.cuda.is_available() else 'no cuda')"
 rm -rf "$work"
 export nnUNet_raw=$work/raw nnUNet_preprocessed=$work/preprocessed nnUNet_results=$work/results
