@@ -12,9 +12,9 @@
 #            parallel like the trainings) and takes the largest budget (at least 10 epochs of 250, 100 or 50
 #            iterations) that lets every training end before the deadline (benchmarks/gpu/budget.py);
 #            results.json keeps the timings
-#   --smoke: this CPU machine, the current Python environment (nothing installed), --budget 2x2 unless given, -device cpu,
-#            vanilla and Mean Teacher only, no learning curves (it checks the kit's plumbing; SRA-Seg and the curves
-#            have their own end-to-end tests)
+#   --smoke: this CPU machine, the current Python environment (nothing installed), --budget 2x2 unless given,
+#            -device cpu, vanilla and Mean Teacher only, no learning curves (it checks the kit's plumbing; SRA-Seg
+#            and the curves have their own end-to-end tests)
 # The folds train in parallel (one 'nnunet-semi benchmark' per fold, each training its rows in turn, nnU-Net's
 # data-augmentation workers split between them); a last 'benchmark --no-train' writes the report over all folds.
 # Everything runs against a hard deadline (default 8 minutes from the start): the trainings share what is left after
@@ -92,7 +92,8 @@ if [ "$budget" = auto ]; then
   timing_pids=()
   for fold in $folds; do  # one timing per fold, in parallel, as the folds will train
     python "$repo/benchmarks/bench_iteration_time.py" --dataset 502 -c 2d --trainers $trainers --iterations 15 \
-      --warmup 5 --device "$device" --output "$work/iteration_time_fold$fold.json" > "$work/iteration_time_fold$fold.log" 2>&1 &
+      --warmup 5 --device "$device" --output "$work/iteration_time_fold$fold.json" \
+      > "$work/iteration_time_fold$fold.log" 2>&1 &
     timing_pids+=($!)
   done
   timed=1

@@ -85,7 +85,7 @@ def resolve_trainer(name: str) -> type | None:
     except RuntimeError as error:
         if str(error).startswith(_TRAINER_NOT_FOUND):
             return None
-        raise  # a trainer module that fails to import is not an unknown name
+        raise  # any other failure of nnU-Net's lookup (a broken trainer module, ...) is not an unknown name
 
 
 def is_supervised(trainer: str) -> bool:

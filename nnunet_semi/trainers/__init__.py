@@ -40,8 +40,8 @@ def find_trainer_class(name: str) -> type:
     The first three never run nnU-Net's lookup: in nnU-Net 2.8.1 it iterates ``sys.modules`` while reading each
     module's ``__file__`` / ``__path__``, which fails ("dictionary changed size during iteration") in a process that
     has imported a package with lazily loaded submodules (``transformers``, pulled in by our imports where it is
-    installed, as on the GPU kit's machine). ``nnUNetv2_train`` and ``nnUNetv2_predict`` find the same classes in their own
-    processes."""
+    installed, as on the GPU kit's machine). ``nnUNetv2_train`` and ``nnUNetv2_predict`` find the same classes in
+    their own processes."""
     if name in TRAINERS:
         return TRAINERS[name]
     if name == nnUNetTrainer.__name__:
