@@ -127,9 +127,9 @@ for fold in $folds; do  # each fold in its own folder: nothing is written twice 
   fold_pids+=($!)
 done
 for pid in "${fold_pids[@]}"; do wait "$pid" || status=$?; done
+mkdir -p "$work/benchmark"
 for fold in $folds; do
   tail -n 5 "$work/benchmark_fold$fold.log"
-  mkdir -p "$work/benchmark"
   # this fold's predictions, curve caches and logs
   [ ! -d "$work/benchmark_fold$fold" ] || cp -r "$work/benchmark_fold$fold/." "$work/benchmark/"
 done
@@ -143,6 +143,6 @@ fi
 python "$here/results.py" "$work/benchmark" -o "$out" --start "$start" --deadline-s "$deadline_s" \
   --smoke "$smoke" --benchmark-status "$status" --timings "$work"/iteration_time_fold*.json
 # every training's nnU-Net log and progress plot, and the benchmark's logs, in one archive
-(cd "$work" && tar czf "$out/logs.tar.gz" --ignore-failed-read benchmark/logs benchmark_fold*.log iteration_time_fold* \
-  $(cd "$work" && ls -d results/*/*/fold_*/{training_log_*.txt,progress.png} 2>/dev/null)) || true
+(cd "$work" && tar czf "$out/logs.tar.gz" --ignore-failed-read benchmark/logs benchmark_fold*.log \
+  iteration_time_fold* $(ls -d results/*/*/fold_*/{training_log_*.txt,progress.png} 2>/dev/null)) || true
 exit "$status"
