@@ -117,6 +117,7 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerSRASeg, {"unlabeled_batch_ratio": 0.5}, "unlabeled_batch_ratio"),
     (nnUNetTrainerSRASeg, {"soft_dice_reduction": "voxel"}, "soft_dice_reduction"),
     (nnUNetTrainerSRASeg, {"sa_extractor": "clip"}, "sa_extractor"),
+    (nnUNetTrainerSRASeg, {"warmup_mixing": "no"}, "warmup_mixing"),
     (nnUNetTrainerCPS, {"cps_weight": -1}, "cps_weight"),
     (nnUNetTrainerCPS, {"unlabeled_views": 2}, "unlabeled_views"),
     (nnUNetTrainerCPS, {"cps_rampup": "step"}, "cps_rampup"),

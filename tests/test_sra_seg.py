@@ -28,6 +28,8 @@ from nnunet_semi.errors import UserError
 from nnunet_semi.trainers.sra_seg import (
     nearest_real_distances,
     decoder_feature_statistics,
+    nnUNetTrainerSRASeg,
+    nnUNetTrainerSRASeg_halfPlainWarmup,
     similarity_alignment_loss,
 )
 
@@ -209,3 +211,29 @@ def test_sa_features_separate_visibly_different_images():
     features = torch.nn.functional.normalize(features, dim=1)
     toy_vs_toy, toy_vs_noise = (features[0] - features[1]).norm(), (features[0] - features[2]).norm()
     assert toy_vs_noise > 3 * toy_vs_toy
+
+
+def _warmup_trainer(trainer_class: type) -> nnUNetTrainerSRASeg:
+    """A trainer with only what ``warmup_losses`` reads: a 1x1 conv as network, nnU-Net's loss replaced by a
+    recorder of its inputs (returns 0), no deep supervision."""
+    trainer = object.__new__(trainer_class)
+    trainer.network = nn.Conv2d(1, 3, 1)
+    trainer.seen = []
+    trainer.loss = lambda output, target: trainer.seen.append((output, target)) or output.sum() * 0
+    trainer.soft_loss = SoftDiceCELoss()
+    trainer.label_manager = type("LabelManager", (), {"num_segmentation_heads": 3})()
+    return trainer
+
+
+def test_warmup_mixes_labeled_pairs_unless_told_not_to():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8)
+    y = torch.randint(0, 3, (2, 1, 8, 8))
+    plain = _warmup_trainer(nnUNetTrainerSRASeg_halfPlainWarmup)
+    terms = plain.warmup_losses({"data": x, "target": y})
+    (output, target), = plain.seen  # nnU-Net's loss, once, on the unmixed batch
+    assert torch.equal(output, plain.network(x)) and target is y
+    assert math.isnan(terms["loss_seg"]) and terms["loss"] == 0
+    mixed = _warmup_trainer(type("Mixed", (nnUNetTrainerSRASeg,), {"blur_kernel_size": 1}))
+    terms = mixed.warmup_losses({"data": x, "target": y})
+    assert not mixed.seen and terms["loss_seg"] > 0  # soft Dice + CE on the mixed pair, nnU-Net's loss unused

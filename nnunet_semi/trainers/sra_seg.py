@@ -81,6 +81,8 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
     """SRA-Seg in nnU-Net. Hyperparameters (class attributes, override in one-line variants):
 
     * ``warmup_fraction``: share of all iterations spent in the supervised warm-up (paper: 10k of 60k).
+    * ``warmup_mixing``: warm up on soft-mixed labeled pairs (the paper, as BCP) or, if False, on the unmixed
+      labeled crops with nnU-Net's own loss.
     * ``sa_weight``: lambda of the SA loss (0 disables it; the domain gap is still logged).
     * ``sa_extractor``: ``auto`` (DINOv2 if its weights are available locally, else EfficientNet-Lite0),
       ``dinov2``, ``efficientnet_lite0`` or ``none``.
@@ -93,6 +95,7 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
 
     ema_decay = 0.99
     warmup_fraction = 1 / 6
+    warmup_mixing = True
     sa_weight = 0.1
     sa_extractor = "auto"
     hole_fraction = 2 / 3
@@ -103,6 +106,7 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
     def validate_hyperparameters(self) -> None:
         super().validate_hyperparameters()
         self.require("sa_weight", self.sa_weight >= 0, ">= 0")
+        self.require("warmup_mixing", isinstance(self.warmup_mixing, bool), "True or False")
         self.require("sa_extractor", self.sa_extractor in EXTRACTORS, f"one of {EXTRACTORS}")
         self.require("hole_fraction", 0 < self.hole_fraction < 1, "in (0, 1)")
         self.require("blur_kernel_size", isinstance(self.blur_kernel_size, int) and self.blur_kernel_size >= 1
@@ -146,7 +150,10 @@ class nnUNetTrainerSRASeg(nnUNetTrainerSemi):
         return self.semi_supervised_losses(labeled, unlabeled[0])
 
     def warmup_losses(self, labeled: Batch) -> dict[str, torch.Tensor]:
-        """Supervised warm-up: each labeled sample pasted (softly) into the next one of the batch."""
+        """Supervised warm-up: each labeled sample pasted (softly) into the next one of the batch, or nnU-Net's
+        own loss on the unmixed batch without ``warmup_mixing``."""
+        if not self.warmup_mixing:
+            return self.supervised_only_losses(labeled)
         x = labeled["data"]
         y = one_hot(full_resolution(labeled["target"]), self.num_classes)
         partner = torch.roll(torch.arange(x.shape[0], device=x.device), 1)
@@ -211,3 +218,15 @@ class nnUNetTrainerSRASeg_noWarmup(nnUNetTrainerSRASeg):
     """No supervised warm-up: the teacher starts from the randomly initialised student."""
 
     warmup_fraction = 0.0
+
+
+class nnUNetTrainerSRASeg_halfWarmup(nnUNetTrainerSRASeg):
+    """Supervised warm-up for half of the budget: at small budgets the paper's 1/6 ends before the teacher segments."""
+
+    warmup_fraction = 0.5
+
+
+class nnUNetTrainerSRASeg_halfPlainWarmup(nnUNetTrainerSRASeg_halfWarmup):
+    """Half-budget warm-up on unmixed labeled crops with nnU-Net's loss: mixed pairs learn slower at small budgets."""
+
+    warmup_mixing = False
