@@ -58,10 +58,15 @@ def test_benchmark_trains_evaluates_and_reports(toy_2d):
                                                                           "epoch_0001_teacher.pth"}
 
     # everything is there now: --no-train only evaluates (folds a time limit stopped count as done only under a
-    # time limit); a missing training is an error and keeps the report
+    # time limit), here after nnU-Net's postprocessing, determined on each fold's validation; a missing training
+    # is an error and keeps the report
     before = (output / "report.md").stat().st_mtime
-    run(command + ["--no-train"], toy_2d.env)
+    run(command + ["--no-train", "--postprocess"], toy_2d.env)
     assert (output / "report.md").stat().st_mtime > before
+    assert "then nnU-Net's postprocessing" in (output / "report.md").read_text()
+    assert (vanilla / "validation" / "postprocessing.pkl").is_file()
+    assert not (vanilla / "validation" / "postprocessed").exists()
+    assert len(list(output.glob("test_predictions_postprocessed/*/*/fold_0/*.png"))) == 2 * 5
     for flags in (["-tr", "nnUNetTrainerSRASeg", "--time-limit", "1"], ["-tr", "nnUNetTrainerMeanTeacher"]):
         failing = subprocess.run(cli("benchmark", "502", "-f", "0", "--budget", "2x2", "-o", str(output),
                                       "--no-train", *flags), env=toy_2d.env, capture_output=True, text=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from nnunetv2.configuration import default_num_processes
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
 from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
 from tqdm import tqdm
@@ -220,20 +221,59 @@ def predictor_workers(device: str) -> list[str]:
     return ["-npp", "0", "-nps", "0"] if device == "cpu" else ["-npp", "1", "-nps", "1"]
 
 
+def test_predictions_folder(output: Path, run: Run, fold: int, tta: bool, postprocessed: bool = False) -> Path:
+    """Where the benchmark keeps one fold's test predictions: without mirroring and after nnU-Net's postprocessing
+    in folders of their own."""
+    name = "test_predictions" + ("" if tta else "_no_tta") + ("_postprocessed" if postprocessed else "")
+    return output / name / run.dataset / run.trainer / f"fold_{fold}"
+
+
+def _has_every_case(folder: Path, test_images: Path, ending: str) -> bool:
+    expected = {p.name[: -len(ending) - 5] for p in test_images.glob(f"*_0000{ending}")}
+    return folder.is_dir() and expected <= set(list_cases(folder, ending))
+
+
 def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, output: Path,
                      device: str, logs: Path, tta: bool = True) -> Path:
     """``nnUNetv2_predict`` of one fold's model (with nnU-Net's mirroring unless ``tta`` is False), skipped when
     every test case has been predicted. Predictions without mirroring go to their own folder."""
-    folder = output / ("test_predictions" if tta else "test_predictions_no_tta") / run.dataset / run.trainer / \
-        f"fold_{fold}"
+    folder = test_predictions_folder(output, run, fold, tta)
     ending = load_dataset_json(raw_root() / run.dataset / "dataset.json")["file_ending"]
-    expected = {p.name[: -len(ending) - 5] for p in test_images.glob(f"*_0000{ending}")}
-    if folder.is_dir() and expected <= set(list_cases(folder, ending)):
+    if _has_every_case(folder, test_images, ending):
         return folder
     _run_logged(["nnUNetv2_predict", "-i", str(test_images), "-o", str(folder), "-d", run.dataset, "-c",
                  configuration, "-f", str(fold), "-tr", run.trainer, "-p", plans, "-device", device,
                  *predictor_workers(device), *([] if tta else ["--disable_tta"])],
                 logs / f"predict_{run.trainer}_{run.dataset}_fold{fold}.log")
+    return folder
+
+
+def postprocess_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, output: Path,
+                         logs: Path, tta: bool = True) -> Path:
+    """nnU-Net's postprocessing of one fold's test predictions, as ``nnUNetv2_find_best_configuration`` decides it
+    for a model: ``nnUNetv2_determine_postprocessing`` on the fold's own validation predictions (keep only the
+    largest component of the foreground, then of each class, wherever that raises their Dice; written to
+    ``fold_X/validation/postprocessing.pkl``), then ``nnUNetv2_apply_postprocessing`` to the test predictions.
+    Both steps are skipped when their results exist."""
+    model = run.model_folder(configuration, plans)
+    validation = model / f"fold_{fold}" / "validation"
+    rules = validation / "postprocessing.pkl"
+    metadata = ["-plans_json", str(model / "plans.json"), "-dataset_json", str(model / "dataset.json"),
+                "-np", str(default_num_processes)]
+    if not rules.is_file():
+        if not (validation / "summary.json").is_file():
+            raise UserError(f"{validation} has no nnU-Net validation (summary.json), from which postprocessing is "
+                            f"determined; run nnUNetv2_train ... --val for that fold, or leave out --postprocess.")
+        reference = Path(nnUNet_preprocessed.require()) / run.dataset / "gt_segmentations"
+        _run_logged(["nnUNetv2_determine_postprocessing", "-i", str(validation), "-ref", str(reference),
+                     *metadata, "--remove_postprocessed"],
+                    logs / f"postprocessing_{run.trainer}_{run.dataset}_fold{fold}.log")
+    folder = test_predictions_folder(output, run, fold, tta, postprocessed=True)
+    ending = load_dataset_json(raw_root() / run.dataset / "dataset.json")["file_ending"]
+    if not _has_every_case(folder, test_images, ending):
+        _run_logged(["nnUNetv2_apply_postprocessing", "-i", str(test_predictions_folder(output, run, fold, tta)),
+                     "-o", str(folder), "-pp_pkl_file", str(rules), *metadata],
+                    logs / f"postprocessing_{run.trainer}_{run.dataset}_fold{fold}.log")
     return folder
 
 
@@ -292,11 +332,12 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
                   use_test_set: bool = True, no_train: bool = False, title: str | None = None,
                   with_upper_bound: bool = True, test_time_mirroring: bool = True,
                   time_limit_minutes: float | None = None, curve_every: int | None = None,
-                  curve_cases: int | None = 50):
+                  curve_cases: int | None = 50, postprocess: bool = False):
     """Train what is missing, evaluate cross-validation (and test set), write the report and the learning curves;
     returns the report's files and the curves' files. ``time_limit_minutes`` bounds the wall time of all trainings
     (see :func:`train_missing`); ``curve_every`` (epochs; default about 8 points per training, 0: none) sets the
-    snapshots of the learning curves, evaluated on at most ``curve_cases`` test cases."""
+    snapshots of the learning curves, evaluated on at most ``curve_cases`` test cases. ``postprocess`` evaluates
+    the test set after nnU-Net's postprocessing (:func:`postprocess_test_set`)."""
     if time_limit_minutes is not None and (budget is None or time_limit_minutes <= 0):
         raise UserError("--time-limit needs a positive number of minutes and --budget (the budget variants are the "
                         "trainers that stop at the limit).")
@@ -330,10 +371,15 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
         if test_set is not None:
             images, labels = test_set
             dataset_json = load_dataset_json(raw_root() / run.dataset / "dataset.json")
-            result.test = {fold: evaluate_test_set(
-                labels, predict_test_set(run, configuration, plans, fold, images, output, device, logs,
-                                 test_time_mirroring),
-                dataset_json, mode=mode, nsd_tolerance_mm=nsd_tolerance_mm) for fold in folds}
+            result.test = {}
+            for fold in folds:
+                predictions = predict_test_set(run, configuration, plans, fold, images, output, device, logs,
+                                               test_time_mirroring)
+                if postprocess:
+                    predictions = postprocess_test_set(run, configuration, plans, fold, images, output, logs,
+                                                       test_time_mirroring)
+                result.test[fold] = evaluate_test_set(labels, predictions, dataset_json, mode=mode,
+                                                      nsd_tolerance_mm=nsd_tolerance_mm)
         results.append(result)
     details = {"datasets": ", ".join(semi_datasets), "configuration": configuration, "plans": plans,
                "folds": ", ".join(map(str, folds)), "device": device,
@@ -341,7 +387,8 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
                + (f", time limit {time_limit_minutes:g} min for all trainings" if time_limit_minutes else ""),
                "test set": "imagesTs/labelsTs of the semi-supervised dataset, predicted by each fold's model"
                + ("" if test_time_mirroring else " without test-time mirroring")
-               if test_sets and any(test_sets.values()) else "none"}
+               + (", then nnU-Net's postprocessing determined on that fold's validation cases" if postprocess
+                  else "") if test_sets and any(test_sets.values()) else "none"}
     files = write_report(results, output, ReportSettings(title=title or f"Benchmark: {semi_datasets[0]}",
                                                         mode=mode, nsd_tolerance_mm=nsd_tolerance_mm,
                                                         details=details))
@@ -373,7 +420,8 @@ def _run(args: argparse.Namespace) -> int:
     files, curves = run_benchmark(args.datasets, args.trainers, args.configuration, args.folds, args.output,
                           parse_budget(args.budget), args.plans, args.device, args.metrics, args.nsd_tolerance,
                           not args.no_test, args.no_train, args.title, not args.no_upper_bound,
-                          not args.disable_tta, args.time_limit, args.curve_every, args.curve_cases or None)
+                          not args.disable_tta, args.time_limit, args.curve_every, args.curve_cases or None,
+                          args.postprocess)
     print(files.markdown.read_text())
     print(f"Report: {files.markdown}, {files.csv}, {', '.join(str(p) for p in files.plots)}")
     if curves:
@@ -407,6 +455,11 @@ def register(subparsers) -> None:
     parser.add_argument("--disable-tta", action="store_true",
                         help="predict the test set without nnU-Net's test-time mirroring (about 4x faster in 2d, "
                              "8x in 3d; recorded in the report)")
+    parser.add_argument("--postprocess", action="store_true",
+                        help="evaluate the test set after nnU-Net's postprocessing: per fold, "
+                             "nnUNetv2_determine_postprocessing on its validation predictions (keep the largest "
+                             "component where that helps), applied with nnUNetv2_apply_postprocessing (the "
+                             "cross-validation table stays nnU-Net's validation as trained)")
     parser.add_argument("--time-limit", type=float, metavar="MINUTES",
                         help="wall time for all trainings (with --budget): each training in turn gets an equal share "
                              "of the time left and stops after the epoch that passes it, with nnU-Net's final "
