@@ -248,10 +248,10 @@ def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_i
     return folder
 
 
-def postprocess_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, output: Path,
-                         logs: Path, tta: bool = True) -> Path:
-    """nnU-Net's postprocessing of one fold's test predictions, as ``nnUNetv2_find_best_configuration`` decides it
-    for a model: ``nnUNetv2_determine_postprocessing`` on the fold's own validation predictions (keep only the
+def postprocess_test_set(run: Run, configuration: str, plans: str, fold: int, predictions: Path, test_images: Path,
+                         ending: str, output: Path, logs: Path, tta: bool = True) -> Path:
+    """nnU-Net's postprocessing of one fold's test ``predictions``, as ``nnUNetv2_find_best_configuration`` decides
+    it for a model: ``nnUNetv2_determine_postprocessing`` on the fold's own validation predictions (keep only the
     largest component of the foreground, then of each class, wherever that raises their Dice; written to
     ``fold_X/validation/postprocessing.pkl``), then ``nnUNetv2_apply_postprocessing`` to the test predictions.
     Both steps are skipped when their results exist."""
@@ -269,10 +269,9 @@ def postprocess_test_set(run: Run, configuration: str, plans: str, fold: int, te
                      *metadata, "--remove_postprocessed"],
                     logs / f"postprocessing_{run.trainer}_{run.dataset}_fold{fold}.log")
     folder = test_predictions_folder(output, run, fold, tta, postprocessed=True)
-    ending = load_dataset_json(raw_root() / run.dataset / "dataset.json")["file_ending"]
     if not _has_every_case(folder, test_images, ending):
-        _run_logged(["nnUNetv2_apply_postprocessing", "-i", str(test_predictions_folder(output, run, fold, tta)),
-                     "-o", str(folder), "-pp_pkl_file", str(rules), *metadata],
+        _run_logged(["nnUNetv2_apply_postprocessing", "-i", str(predictions), "-o", str(folder), "-pp_pkl_file",
+                     str(rules), *metadata],
                     logs / f"postprocessing_{run.trainer}_{run.dataset}_fold{fold}.log")
     return folder
 
@@ -376,7 +375,8 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
                 predictions = predict_test_set(run, configuration, plans, fold, images, output, device, logs,
                                                test_time_mirroring)
                 if postprocess:
-                    predictions = postprocess_test_set(run, configuration, plans, fold, images, output, logs,
+                    predictions = postprocess_test_set(run, configuration, plans, fold, predictions, images,
+                                                       dataset_json["file_ending"], output, logs,
                                                        test_time_mirroring)
                 result.test[fold] = evaluate_test_set(labels, predictions, dataset_json, mode=mode,
                                                       nsd_tolerance_mm=nsd_tolerance_mm)
