@@ -1,6 +1,7 @@
 """Unit tests of the shared SSL core: ramp-ups, EMA teacher, hyperparameters, unlabeled views, logger."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -245,6 +246,8 @@ def test_continuing_a_stopped_training_makes_its_final_checkpoint_the_latest(tmp
     stopped = _LimitedLoop(tmp_path)
     stopped.run_training()
     (tmp_path / "checkpoint_final.pth").write_text("epoch 1")
+    summary = tmp_path / "training_summary.json"
+    summary.write_text(json.dumps({**read_training_summary(tmp_path), "peak_main_process_rss_mib": 1e9}))
     monkeypatch.delenv(STOP_TRAINING_AT_VARIABLE)
     continued = _LimitedLoop(tmp_path)
     continued.current_epoch = stopped.current_epoch  # what nnU-Net's --c loads
@@ -252,3 +255,6 @@ def test_continuing_a_stopped_training_makes_its_final_checkpoint_the_latest(tmp
     assert (tmp_path / "checkpoint_latest.pth").read_text() == "epoch 1"
     assert not (tmp_path / "checkpoint_final.pth").exists()  # the fake loop's on_train_end writes none
     assert read_training_summary(tmp_path)["stopped_at_time_limit"] is False and continued.current_epoch == 5
+    assert read_training_summary(tmp_path)["peak_main_process_rss_mib"] == 1e9  # the peak before the continuation
+    _LimitedLoop(tmp_path).run_training()  # a training from scratch in the same folder keeps only its own peak
+    assert read_training_summary(tmp_path)["peak_main_process_rss_mib"] < 1e9

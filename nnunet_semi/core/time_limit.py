@@ -61,7 +61,9 @@ class WallClockLimit:
     def on_train_start(self):
         self.stop_training_at = stop_training_at()
         self.stopped_at_time_limit = False
-        if self.current_epoch > 0 and self.local_rank == 0:
+        continued = self.current_epoch > 0  # nnU-Net's --c has loaded a checkpoint
+        self.summary_before_continuation = (read_training_summary(self.output_folder) or {}) if continued else {}
+        if continued and self.local_rank == 0:
             self._reopen_stopped_training()
         if self.stop_training_at is not None:
             self.print_to_log_file(f"Training stops after the first epoch that ends past "
@@ -109,9 +111,13 @@ class WallClockLimit:
             write_atomic(Path(self.output_folder) / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(text))
 
     def training_summary(self) -> dict:
+        """This training's summary; the peaks of a continued training include those before the continuation."""
         gpu = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if self.device.type == "cuda" else None
+        peaks = {"peak_gpu_memory_mib": gpu,
+                 "peak_main_process_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        for key, value in peaks.items():
+            earlier = self.summary_before_continuation.get(key)
+            peaks[key] = value if earlier is None else max(earlier, value or 0)
         return {"epochs_planned": self.num_epochs, "epochs_trained": self.current_epoch,
                 "iterations_per_epoch": self.num_iterations_per_epoch,
-                "stopped_at_time_limit": self.stopped_at_time_limit,
-                "peak_gpu_memory_mib": gpu,
-                "peak_main_process_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                "stopped_at_time_limit": self.stopped_at_time_limit, **peaks}
