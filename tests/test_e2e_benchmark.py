@@ -67,6 +67,19 @@ def test_benchmark_trains_evaluates_and_reports(toy_2d):
     assert (vanilla / "validation" / "postprocessing.pkl").is_file()
     assert not (vanilla / "validation" / "postprocessed").exists()
     assert len(list(output.glob("test_predictions_postprocessed/*/*/fold_0/*.png"))) == 2 * 5
+    # outputs older than what they derive from are made again, the others kept: here a retrained vanilla fold
+    def written(pattern: str) -> dict[str, int]:
+        return {str(p): p.stat().st_mtime_ns for p in output.glob(pattern)}
+    kept = written("test_predictions*/*/nnUNetTrainerMeanTeacher*/fold_0/*.png")
+    retrained = [vanilla / "checkpoint_final.pth", vanilla / "validation" / "summary.json"]
+    for path in retrained:
+        os.utime(path)
+    retrained_at = max(p.stat().st_mtime_ns for p in retrained)
+    run(command + ["--no-train", "--postprocess"], toy_2d.env)
+    remade = written("test_predictions*/Dataset503_ToySemi6Labeled/*/fold_0/*.png")
+    assert len(remade) == 2 * 5 and min(remade.values()) >= retrained_at
+    assert (vanilla / "validation" / "postprocessing.pkl").stat().st_mtime_ns >= retrained_at
+    assert written("test_predictions*/*/nnUNetTrainerMeanTeacher*/fold_0/*.png") == kept
     for flags in (["-tr", "nnUNetTrainerSRASeg", "--time-limit", "1"], ["-tr", "nnUNetTrainerMeanTeacher"]):
         failing = subprocess.run(cli("benchmark", "502", "-f", "0", "--budget", "2x2", "-o", str(output),
                                       "--no-train", *flags), env=toy_2d.env, capture_output=True, text=True)

@@ -228,18 +228,25 @@ def test_predictions_folder(output: Path, run: Run, fold: int, tta: bool, postpr
     return output / name / run.dataset / run.trainer / f"fold_{fold}"
 
 
-def _has_every_case(folder: Path, test_images: Path, ending: str) -> bool:
-    expected = {p.name[: -len(ending) - 5] for p in test_images.glob(f"*_0000{ending}")}
-    return folder.is_dir() and expected <= set(list_cases(folder, ending))
+def _is_up_to_date(folder: Path, test_images: Path, ending: str, sources: list[Path]) -> bool:
+    """``folder`` holds every test case, each written after every one of ``sources`` (the checkpoint or rules it
+    derives from): outputs of an earlier training, or of rules determined since, are made again."""
+    expected = [folder / (p.name[: -len(ending) - 5] + ending) for p in test_images.glob(f"*_0000{ending}")]
+    if not all(p.is_file() for p in expected):
+        return False
+    newest_source = max((s.stat().st_mtime_ns for s in sources), default=0)
+    return all(p.stat().st_mtime_ns >= newest_source for p in expected)
 
 
 def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, output: Path,
                      device: str, logs: Path, tta: bool = True) -> Path:
     """``nnUNetv2_predict`` of one fold's model (with nnU-Net's mirroring unless ``tta`` is False), skipped when
-    every test case has been predicted. Predictions without mirroring go to their own folder."""
+    every test case has been predicted since the fold's final checkpoint was written. Predictions without mirroring
+    go to their own folder."""
     folder = test_predictions_folder(output, run, fold, tta)
     ending = load_dataset_json(raw_root() / run.dataset / "dataset.json")["file_ending"]
-    if _has_every_case(folder, test_images, ending):
+    checkpoint = run.model_folder(configuration, plans) / f"fold_{fold}" / "checkpoint_final.pth"
+    if _is_up_to_date(folder, test_images, ending, [checkpoint]):
         return folder
     _run_logged(["nnUNetv2_predict", "-i", str(test_images), "-o", str(folder), "-d", run.dataset, "-c",
                  configuration, "-f", str(fold), "-tr", run.trainer, "-p", plans, "-device", device,
@@ -254,22 +261,24 @@ def postprocess_test_set(run: Run, configuration: str, plans: str, fold: int, pr
     it for a model: ``nnUNetv2_determine_postprocessing`` on the fold's own validation predictions (keep only the
     largest component of the foreground, then of each class, wherever that raises their Dice; written to
     ``fold_X/validation/postprocessing.pkl``), then ``nnUNetv2_apply_postprocessing`` to the test predictions.
-    Both steps are skipped when their results exist."""
+    Both steps are skipped when their results exist and are newer than what they derive from (the validation,
+    the rules and the test predictions)."""
     model = run.model_folder(configuration, plans)
     validation = model / f"fold_{fold}" / "validation"
     rules = validation / "postprocessing.pkl"
     metadata = ["-plans_json", str(model / "plans.json"), "-dataset_json", str(model / "dataset.json"),
                 "-np", str(default_num_processes)]
-    if not rules.is_file():
-        if not (validation / "summary.json").is_file():
-            raise UserError(f"{validation} has no nnU-Net validation (summary.json), from which postprocessing is "
-                            f"determined; run nnUNetv2_train ... --val for that fold, or leave out --postprocess.")
+    summary = validation / "summary.json"
+    if not summary.is_file():
+        raise UserError(f"{validation} has no nnU-Net validation (summary.json), from which postprocessing is "
+                        f"determined; run nnUNetv2_train ... --val for that fold, or leave out --postprocess.")
+    if not rules.is_file() or rules.stat().st_mtime_ns < summary.stat().st_mtime_ns:
         reference = Path(nnUNet_preprocessed.require()) / run.dataset / "gt_segmentations"
         _run_logged(["nnUNetv2_determine_postprocessing", "-i", str(validation), "-ref", str(reference),
                      *metadata, "--remove_postprocessed"],
                     logs / f"postprocessing_{run.trainer}_{run.dataset}_fold{fold}.log")
     folder = test_predictions_folder(output, run, fold, tta, postprocessed=True)
-    if not _has_every_case(folder, test_images, ending):
+    if not _is_up_to_date(folder, test_images, ending, [rules, *predictions.glob(f"*{ending}")]):
         _run_logged(["nnUNetv2_apply_postprocessing", "-i", str(predictions), "-o", str(folder), "-pp_pkl_file",
                      str(rules), *metadata],
                     logs / f"postprocessing_{run.trainer}_{run.dataset}_fold{fold}.log")
