@@ -38,7 +38,6 @@ from nnunet_semi.evaluation.curves import curve_table, evaluate_fold, held_out_c
 from nnunet_semi.evaluation.folders import (
     evaluate_cross_validation,
     evaluate_test_set,
-    list_cases,
     load_dataset_json,
     seconds_per_iteration,
     training_schedule,
