@@ -237,13 +237,12 @@ def _is_up_to_date(folder: Path, test_images: Path, ending: str, sources: list[P
     return all(p.stat().st_mtime_ns >= newest_source for p in expected)
 
 
-def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, output: Path,
-                     device: str, logs: Path, tta: bool = True) -> Path:
+def predict_test_set(run: Run, configuration: str, plans: str, fold: int, test_images: Path, ending: str,
+                     output: Path, device: str, logs: Path, tta: bool = True) -> Path:
     """``nnUNetv2_predict`` of one fold's model (with nnU-Net's mirroring unless ``tta`` is False), skipped when
     every test case has been predicted since the fold's final checkpoint was written. Predictions without mirroring
     go to their own folder."""
     folder = test_predictions_folder(output, run, fold, tta)
-    ending = load_dataset_json(raw_root() / run.dataset / "dataset.json")["file_ending"]
     checkpoint = run.model_folder(configuration, plans) / f"fold_{fold}" / "checkpoint_final.pth"
     if _is_up_to_date(folder, test_images, ending, [checkpoint]):
         return folder
@@ -378,14 +377,14 @@ def run_benchmark(semi_datasets: list[str | int], trainers: list[str], configura
         if test_set is not None:
             images, labels = test_set
             dataset_json = load_dataset_json(raw_root() / run.dataset / "dataset.json")
+            ending = dataset_json["file_ending"]
             result.test = {}
             for fold in folds:
-                predictions = predict_test_set(run, configuration, plans, fold, images, output, device, logs,
+                predictions = predict_test_set(run, configuration, plans, fold, images, ending, output, device, logs,
                                                test_time_mirroring)
                 if postprocess:
-                    predictions = postprocess_test_set(run, configuration, plans, fold, predictions, images,
-                                                       dataset_json["file_ending"], output, logs,
-                                                       test_time_mirroring)
+                    predictions = postprocess_test_set(run, configuration, plans, fold, predictions, images, ending,
+                                                       output, logs, test_time_mirroring)
                 result.test[fold] = evaluate_test_set(labels, predictions, dataset_json, mode=mode,
                                                       nsd_tolerance_mm=nsd_tolerance_mm)
         results.append(result)
