@@ -24,8 +24,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     former defaults, ``_ssl4mis``) was level with it; at 1000 iterations, five runs, +1.73 [-0.81, +4.28]. At weight
     0.1 the weighted consistency term is about 1 % of the supervised loss; weights 3 and 10 over-regularise (README,
     "Benchmarking"). They do not transfer to ACDC 2d (7 labeled patients, 1000 iterations, three runs): -2.22
-    [-10.46, +6.03] against vanilla's 73.22, with the teacher lagging the still-improving student; ``_ssl4mis`` is
-    no better there (-1.91 [-5.50, +1.68], paired +0.31 over these defaults), so they stay.
+    [-10.46, +6.03] against vanilla's 73.22, with the teacher lagging the still-improving student (trained again in
+    a rebuilt workspace: -2.27 [-11.98, +7.43], and -1.76 [-6.80, +3.28] after nnU-Net's postprocessing);
+    ``_ssl4mis`` is no better there (-1.91 [-5.50, +1.68], paired +0.31 over these defaults), so they stay.
     Steps without unlabeled views (a ``warmup_fraction`` > 0, or ``_labeledOnly``) optimise the supervised loss only.
     """
 
