@@ -107,8 +107,8 @@ def markdown(summary: dict, seeds: list[int]) -> str:
         cells = " | ".join(f"{100 * entry[k]['mean']:.1f} ± {100 * entry[k]['std']:.1f}" for k in keys)
         deltas = " | ".join("–" if mode == "none" else versus_none(summary, k, mode) for k in paired)
         lines.append(f"| {mode} | {counts} | {cells} | {deltas} |")
-    return "\n".join(lines) + (f"\n\nmean ± std (%) over seeds {seeds}, the same test split for every run. Δ: mean over "
-                               "seeds of the mode minus `none` with the same seed, in points, 95 % t interval; "
+    return "\n".join(lines) + (f"\n\nmean ± std (%) over seeds {seeds}, the same test split for every run. Δ: mean "
+                               "over seeds of the mode minus `none` with the same seed, in points, 95 % t interval; "
                                "'better' / 'worse' only when it excludes 0.\n")
 
 

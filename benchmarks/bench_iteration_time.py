@@ -7,9 +7,9 @@ steady semi-supervised phase (the step counter starts where unlabeled batches an
 SRA-Seg is timed after its supervised warm-up). Time spent waiting for the labeled and the unlabeled loaders is
 measured separately, so a loader that starves the device shows up as a wait fraction, and the step is broken
 down into phases (forward and losses, of which the teacher's forward, pseudo-label filtering and the SA term;
-backward and optimiser step; EMA update) in a second, instrumented pass (each phase synchronised on CUDA). Each trainer runs in its own process, so that its peak memory can be measured: the
-peak resident memory of the training process on CPU (data-loader workers excluded), the peak allocated GPU memory
-on CUDA.
+backward and optimiser step; EMA update) in a second, instrumented pass (each phase synchronised on CUDA). Each
+trainer runs in its own process, so that its peak memory can be measured: the peak resident memory of the
+training process on CPU (data-loader workers excluded), the peak allocated GPU memory on CUDA.
 
     python benchmarks/bench_iteration_time.py                      # self-contained: toy 2D data at 128x128
     python benchmarks/bench_iteration_time.py --dataset 101 -c 2d  # a semi dataset made by make-semi + plan

@@ -2,8 +2,9 @@
 
 Self-contained (random 8-bit images, a throw-away raw dataset in a temporary folder):
 
-* ``train``: full StyleGAN2-ADA (or ``--arch stylegan3-t``) iterations (G step, D step with R1 every 16 steps, EMA, ADA) at a fixed ADA p,
-  timed after warm-up; reported as real images shown to D per second (the "kimg" unit of training);
+* ``train``: full StyleGAN2-ADA (or ``--arch stylegan3-t``) iterations (G step, D step with R1 every 16 steps, EMA,
+  ADA) at a fixed ADA p, timed after warm-up; reported as real images shown to D per second (the "kimg" unit of
+  training);
 * ``generate``: EMA-generator forward passes with constant noise, images per second;
 * ``synthesize``: generation plus writing PNG cases (image + ignore label) into a raw dataset, images per second;
 * ``fid`` (``--fid``): Inception pool3 features at 299x299, images per second.

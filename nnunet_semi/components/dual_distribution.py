@@ -55,7 +55,8 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.GroupNorm(_groups(in_channels), in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, 1, 1),
-            nn.GroupNorm(_groups(out_channels), out_channels), nn.SiLU(), nn.Conv2d(out_channels, out_channels, 3, 1, 1))
+            nn.GroupNorm(_groups(out_channels), out_channels), nn.SiLU(),
+            nn.Conv2d(out_channels, out_channels, 3, 1, 1))
         self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +128,8 @@ def truncated_encoder(encoder: nn.Module, factor: int) -> tuple[nn.Module, dict[
     totals, total = [], 1
     for stride in encoder.strides:
         if len(set(stride)) != 1:
-            raise ValueError(f"SemiGDA needs isotropic strides in the plans; the encoder has strides {encoder.strides}.")
+            raise ValueError(
+                f"SemiGDA needs isotropic strides in the plans; the encoder has strides {encoder.strides}.")
         total *= stride[0]
         totals.append(total)
     if totals[-1] < factor:

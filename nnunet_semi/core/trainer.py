@@ -223,10 +223,10 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         channels = [c for c, masked in enumerate(self.configuration_manager.use_mask_for_norm) if masked]
         if channels and self.unlabeled_keys:
             raise UserError(
-                f"The plans of configuration '{self.configuration_name}' set use_mask_for_norm for channel(s) {channels} "
-                f"(nnU-Net does this for images with a zero background, e.g. skull-stripped MRI). Unlabeled cases "
-                f"carry no nonzero mask, so they would be normalised differently from labeled ones. Set "
-                f"\"use_mask_for_norm\" to false for every channel of this configuration in "
+                f"The plans of configuration '{self.configuration_name}' set use_mask_for_norm for channel(s) "
+                f"{channels} (nnU-Net does this for images with a zero background, e.g. skull-stripped MRI). "
+                f"Unlabeled cases carry no nonzero mask, so they would be normalised differently from labeled ones. "
+                f"Set \"use_mask_for_norm\" to false for every channel of this configuration in "
                 f"{self.preprocessed_dataset_folder_base}/{self.plans_manager.plans_name}.json (or in a copy under "
                 f"another plans name, -p), preprocess again (nnunet-semi plan) and retrain the baseline with the same "
                 f"plans.")

@@ -169,7 +169,8 @@ def is_finished(run: Run, configuration: str, plans: str, fold: int, time_limite
 _EPOCH_LINE = re.compile(r"Epoch (\d+)$")
 
 
-def _run_logged(command: list[str], log: Path, epochs: tqdm | None = None, extra_environment: dict | None = None) -> None:
+def _run_logged(command: list[str], log: Path, epochs: tqdm | None = None,
+                extra_environment: dict | None = None) -> None:
     """Run an nnU-Net command with its output in ``log``; ``epochs`` (a progress bar) advances with nnU-Net's
     "Epoch N" lines."""
     log.parent.mkdir(parents=True, exist_ok=True)

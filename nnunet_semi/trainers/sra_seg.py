@@ -24,8 +24,8 @@ Where we differ from the authors' released code, and why:
   normalised before the Euclidean distance so the term cannot shrink by scaling features down; the real samples'
   features are computed without a graph (separate passes: per-sample statistics with nnU-Net's InstanceNorm). The
   network's features are the per-channel mean and standard deviation of its last decoder stage: pooled bottleneck
-  outputs, taken after InstanceNorm and LeakyReLU, have their per-sample statistics normalised away (a toy image and noise
-  have cosine 0.996 at initialisation), while the decoder statistics separate visibly different images.
+  outputs, taken after InstanceNorm and LeakyReLU, have their per-sample statistics normalised away (a toy image and
+  noise have cosine 0.996 at initialisation), while the decoder statistics separate visibly different images.
 * Soft Dice: eq. 13 sums over all voxels of the batch per class (``soft_dice_reduction = 'batch'``); the released
   code averages Dice over samples and classes, so a class absent from one sample costs about 1/C there
   (``'sample'``, variant ``nnUNetTrainerSRASeg_sampleDice``).
