@@ -503,7 +503,10 @@ def _train_on_rank(rank: int, world_size: int, backend: str, port: int, images: 
         if resume is not None:
             trainer.load_state(resume)
         trainer.broadcast_parameters()
-        return trainer.run()
+        final = trainer.run()
+        if world_size > 1:
+            dist.barrier()  # no rank tears the group down while another still uses it (gloo aborts otherwise)
+        return final
     finally:
         if world_size > 1:
             dist.destroy_process_group()
