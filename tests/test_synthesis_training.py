@@ -144,7 +144,6 @@ def _two_rank_worker(rank: int, port: int, out_dir: str, arch: str) -> None:
         torch.save({"weight_grad": module.weight.grad, "bias_grad": module.bias.grad,
                     "G": trainer.G.state_dict(), "D": trainer.D.state_dict(), "p": float(trainer.augment.p)},
                    f"{out_dir}/rank{rank}.pt")
-        dist.barrier()  # as in _train_on_rank: both ranks done before either destroys the group
     finally:
         dist.destroy_process_group()
 

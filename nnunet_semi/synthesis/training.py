@@ -478,6 +478,8 @@ class GanTrainer:
                     with open(log_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
         bar.close()
+        if self.world_size > 1:
+            dist.barrier()  # ranks leave together: none tears the group down while rank 0 still writes
         if is_main and last is None:
             last = latest_checkpoint(self.out_dir)
         return last
@@ -503,10 +505,7 @@ def _train_on_rank(rank: int, world_size: int, backend: str, port: int, images: 
         if resume is not None:
             trainer.load_state(resume)
         trainer.broadcast_parameters()
-        final = trainer.run()
-        if world_size > 1:
-            dist.barrier()  # no rank tears the group down while another still uses it (gloo aborts otherwise)
-        return final
+        return trainer.run()
     finally:
         if world_size > 1:
             dist.destroy_process_group()
