@@ -27,8 +27,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     [-10.46, +6.03] against vanilla's 73.22, with the teacher lagging the still-improving student (trained again in
     a rebuilt workspace: -2.27 [-11.98, +7.43], and -1.76 [-6.80, +3.28] after nnU-Net's postprocessing);
     ``_ssl4mis`` is no better there (-1.91 [-5.50, +1.68], paired +0.31 over these defaults), so they stay. At
-    3000 iterations (two folds) they are level with vanilla (+0.05 [-4.47, +4.57]; +0.38 after postprocessing): the
-    teacher leads by 6-13 points from 600 to 1500 iterations and vanilla catches up as the learning rate decays.
+    3000 iterations (three folds) they are level with vanilla (+0.19 [-0.88, +1.27]; +0.24 [-1.91, +2.38] after
+    postprocessing): the teacher leads by 4-11 points from 600 to 1800 iterations and vanilla catches up as the
+    learning rate decays.
     Steps without unlabeled views (a ``warmup_fraction`` > 0, or ``_labeledOnly``) optimise the supervised loss only.
     """
 
