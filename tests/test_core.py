@@ -67,6 +67,25 @@ def test_ema_teacher_unwraps_compiled_student():
     torch.testing.assert_close(teacher.module.weight, student.weight)
 
 
+def test_mean_teacher_ema_decay_switches_when_the_consistency_rampup_ends():
+    """``_ema999AfterRampup``: the teacher averages with 0.99 up to the end of the ramp-up (1/4 of 8 x 5 = 10 steps),
+    with 0.999 after it; the default keeps 0.99 throughout."""
+    from nnunet_semi.trainers.mean_teacher import nnUNetTrainerMeanTeacher_ema999AfterRampup
+
+    def decays(trainer_class: type) -> list[float]:
+        trainer = object.__new__(trainer_class)
+        trainer.network, trainer.num_epochs, trainer.num_iterations_per_epoch = nn.Linear(1, 1), 8, 5
+        trainer.teacher = EMATeacher(trainer.network, trainer.ema_decay)
+        seen = []
+        for trainer.global_step in (1, 10, 11, 40):
+            trainer.after_optimizer_step()
+            seen.append(trainer.teacher.decay)
+        return seen
+
+    assert decays(nnUNetTrainerMeanTeacher_ema999AfterRampup) == [0.99, 0.99, 0.999, 0.999]
+    assert decays(nnUNetTrainerMeanTeacher) == [0.99] * 4
+
+
 # ---------------------------------------------------------------- hyperparameters
 class _Recorder(nnUNetTrainer):
     """Stands in for nnUNetTrainer.__init__: sets nnU-Net's defaults as instance attributes."""

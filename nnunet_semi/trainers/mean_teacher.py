@@ -31,9 +31,12 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     postprocessing): the teacher leads by 4-11 points from 600 to 1800 iterations and vanilla catches up as the
     learning rate decays.
     Steps without unlabeled views (a ``warmup_fraction`` > 0, or ``_labeledOnly``) optimise the supervised loss only.
+    ``ema_decay_after_rampup`` (None: ``ema_decay`` throughout) is the decay once the consistency ramp-up is over:
+    Tarvainen & Valpola's released code uses 0.99 during the ramp-up and 0.999 after it, ``_ema999AfterRampup``.
     """
 
     ema_decay = 0.99
+    ema_decay_after_rampup: float | None = None
     unlabeled_views = 2
     consistency_weight = 1.0
     consistency_rampup = "sigmoid"
@@ -49,9 +52,23 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         self.require("consistency_weight", self.consistency_weight >= 0, ">= 0")
         self.require_rampup("consistency_rampup", "consistency_rampup_fraction")
         self.require("teacher_noise_std", self.teacher_noise_std >= 0, ">= 0")
+        self.require("ema_decay_after_rampup",
+                     self.ema_decay_after_rampup is None or 0 <= self.ema_decay_after_rampup < 1, "None or in [0, 1)")
 
     def current_consistency_weight(self) -> float:
         return self.ramped_weight(self.consistency_weight, self.consistency_rampup, self.consistency_rampup_fraction)
+
+    def current_ema_decay(self) -> float:
+        """``ema_decay`` until the consistency ramp-up ends, ``ema_decay_after_rampup`` (when set) after it."""
+        rampup_steps = round(self.consistency_rampup_fraction * self.total_iterations())
+        if self.ema_decay_after_rampup is None or self.global_step <= rampup_steps:
+            return self.ema_decay
+        return self.ema_decay_after_rampup
+
+    def after_optimizer_step(self) -> None:
+        if self.teacher is not None:
+            self.teacher.decay = self.current_ema_decay()  # set from global_step each step, so --c resumes it
+        super().after_optimizer_step()
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         if not unlabeled:
@@ -75,6 +92,13 @@ class nnUNetTrainerMeanTeacher_halfUnlabeled(nnUNetTrainerMeanTeacher):
     400 iterations and +0.17 at 1000, within the noise)."""
 
     unlabeled_batch_ratio = 0.5
+
+
+class nnUNetTrainerMeanTeacher_ema999AfterRampup(nnUNetTrainerMeanTeacher):
+    """EMA-decay ablation: Tarvainen & Valpola's schedule, 0.99 during the consistency ramp-up and 0.999 after it, so
+    that late in training the exported teacher averages the last ~1000 student steps instead of ~100."""
+
+    ema_decay_after_rampup = 0.999
 
 
 class nnUNetTrainerMeanTeacher_exportStudent(nnUNetTrainerMeanTeacher):
