@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -106,10 +105,10 @@ def test_mutual_dice_eq10_each_branch_against_the_others_fixed_prediction():
 
 @pytest.mark.parametrize("step, expected", [(0, 0.1 * math.exp(-5)), (50, 0.1 * math.exp(-5 * 0.25)), (100, 0.1)])
 def test_unsupervised_weight_eq14(step, expected):
-    trainer = SimpleNamespace(global_step=step, total_iterations=lambda: 100)
-    weight = nnUNetTrainerSemiGDA.ramped_weight(trainer, nnUNetTrainerSemiGDA.unsupervised_weight,
-                                                nnUNetTrainerSemiGDA.unsupervised_rampup,
-                                                nnUNetTrainerSemiGDA.unsupervised_rampup_fraction)
+    trainer = object.__new__(nnUNetTrainerSemiGDA)
+    trainer.global_step, trainer.num_epochs, trainer.num_iterations_per_epoch = step, 10, 10
+    weight = trainer.ramped_weight(trainer.unsupervised_weight, trainer.unsupervised_rampup,
+                                   trainer.unsupervised_rampup_fraction)
     assert weight == pytest.approx(expected)
 
 

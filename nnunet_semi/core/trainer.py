@@ -355,7 +355,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     @property
     def warmup_steps(self) -> int:
         """Optimiser steps of the supervised warm-up: ``warmup_fraction`` of the budget, so it scales with it."""
-        return round(self.warmup_fraction * self.total_iterations())
+        return self.budget_steps(self.warmup_fraction)
 
     @property
     def unlabeled_start_step(self) -> int:
@@ -498,10 +498,14 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     def total_iterations(self) -> int:
         return self.num_epochs * self.num_iterations_per_epoch
 
+    def budget_steps(self, fraction: float) -> int:
+        """Optimiser steps in ``fraction`` of the training budget: how budget-relative schedules become steps."""
+        return round(fraction * self.total_iterations())
+
     def ramped_weight(self, weight: float, rampup: str, fraction: float) -> float:
         """``weight`` times the ramp-up ``rampup`` (a key of ``RAMPUPS``) over the first ``fraction`` of training,
         at the current step."""
-        return weight * RAMPUPS[rampup](self.global_step, round(fraction * self.total_iterations()))
+        return weight * RAMPUPS[rampup](self.global_step, self.budget_steps(fraction))
 
     def require_rampup(self, rampup_attribute: str, fraction_attribute: str) -> None:
         """Validate a ramp-up hyperparameter pair (a ramp-up name and the fraction of training it spans)."""

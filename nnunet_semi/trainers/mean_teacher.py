@@ -60,7 +60,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
 
     def current_ema_decay(self) -> float:
         """``ema_decay`` until the consistency ramp-up ends, ``ema_decay_after_rampup`` (when set) after it."""
-        rampup_steps = round(self.consistency_rampup_fraction * self.total_iterations())
+        rampup_steps = self.budget_steps(self.consistency_rampup_fraction)
         if self.ema_decay_after_rampup is None or self.global_step <= rampup_steps:
             return self.ema_decay
         return self.ema_decay_after_rampup

@@ -131,7 +131,7 @@ class nnUNetTrainerSemiGDA(nnUNetTrainerSemi):
     @property
     def in_segmentation_stage(self) -> bool:
         """False during the latent-only first stage, True afterwards."""
-        return self.global_step >= round(self.pretrain_fraction * self.total_iterations())
+        return self.global_step >= self.budget_steps(self.pretrain_fraction)
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         x_l, target = labeled["data"], labeled["target"]
