@@ -86,6 +86,37 @@ def test_mean_teacher_ema_decay_switches_when_the_consistency_rampup_ends():
     assert decays(nnUNetTrainerMeanTeacher) == [0.99] * 4
 
 
+@pytest.mark.parametrize("variant, teacher_view_is_weak", [("", False), ("_weakTeacherView", True)])
+def test_mean_teacher_gives_the_weak_view_to_the_teacher_only_in_the_weak_to_strong_variant(variant,
+                                                                                               teacher_view_is_weak):
+    """The core's unlabeled views come weak first; the default hands the teacher the second (photometrically
+    augmented) view plus its input noise, ``_weakTeacherView`` the first (geometry-only) view without noise."""
+    from types import SimpleNamespace
+
+    from nnunet_semi import trainers
+    trainer = object.__new__(getattr(trainers, "nnUNetTrainerMeanTeacher" + variant))
+    seen = {}
+
+    def network(x):
+        seen["student"] = x[2:]  # the labeled batch (2 samples) comes first
+        return x.repeat(1, 2, 1, 1)
+
+    def teacher(x):
+        seen["teacher"] = x
+        return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    trainer.network, trainer.teacher, trainer.loss = network, teacher, lambda outputs, target: outputs.mean()
+    trainer.label_manager = SimpleNamespace(has_regions=False)
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.global_step = 1, 4, 4
+    weak, strong = torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 10.0)
+    trainer.compute_train_losses({"data": torch.ones(2, 1, 4, 4), "target": None}, (weak, strong))
+    if teacher_view_is_weak:
+        assert torch.equal(seen["teacher"], weak) and torch.equal(seen["student"], strong)
+    else:
+        assert torch.equal(seen["student"], weak) and not torch.equal(seen["teacher"], strong)
+        assert torch.allclose(seen["teacher"], strong, atol=2 * trainer.teacher_noise_std)
+
+
 # ---------------------------------------------------------------- hyperparameters
 class _Recorder(nnUNetTrainer):
     """Stands in for nnUNetTrainer.__init__: sets nnU-Net's defaults as instance attributes."""

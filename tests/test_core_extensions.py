@@ -131,6 +131,7 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerUniMatch, {"unlabeled_weak_views": 0}, "unlabeled_weak_views"),
     (nnUNetTrainerUniMatch, {"warmup_fraction": -0.1}, "warmup_fraction"),
     (nnUNetTrainerMeanTeacher, {"unlabeled_weak_views": 3}, "unlabeled_weak_views"),
+    (nnUNetTrainerMeanTeacher, {"unlabeled_weak_views": 2}, "0 or 1"),
 ])
 def test_bad_hyperparameters_stop_at_construction(trainer_class, attributes, message):
     with pytest.raises(UserError, match=message):

@@ -49,6 +49,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         super().validate_hyperparameters()
         self.require("ema_decay", self.ema_decay is not None, "a decay in [0, 1): Mean Teacher needs its teacher")
         self.require("unlabeled_views", self.unlabeled_views == 2, "2 (one view for the student, one for the teacher)")
+        self.require("unlabeled_weak_views", self.unlabeled_weak_views in (0, 1), "0 or 1 (1: the teacher's is weak)")
         self.require("consistency_weight", self.consistency_weight >= 0, ">= 0")
         self.require_rampup("consistency_rampup", "consistency_rampup_fraction")
         self.require("teacher_noise_std", self.teacher_noise_std >= 0, ">= 0")
@@ -70,10 +71,16 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
             self.teacher.decay = self.current_ema_decay()  # set from global_step each step, so --c resumes it
         super().after_optimizer_step()
 
+    def teacher_and_student_views(self, unlabeled: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(teacher's view, student's view) of the unlabeled crops, each (B, C, *patch); with
+        ``unlabeled_weak_views`` = 1 the weak (geometry-only) view, which the core puts first, is the teacher's."""
+        first, second = unlabeled
+        return (first, second) if self.unlabeled_weak_views else (second, first)
+
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         if not unlabeled:
             return self.supervised_only_losses(labeled)
-        student_view, teacher_view = unlabeled
+        teacher_view, student_view = self.teacher_and_student_views(unlabeled)
         labeled_outputs, student_logits = self.forward_labeled_and_unlabeled(labeled["data"], student_view)
         loss_supervised = self.loss(labeled_outputs, labeled["target"])
         with torch.no_grad():
@@ -101,6 +108,16 @@ class nnUNetTrainerMeanTeacher_ema999AfterRampup(nnUNetTrainerMeanTeacher):
     to 8 points, as a third of training is too long a window (README)."""
 
     ema_decay_after_rampup = 0.999
+
+
+class nnUNetTrainerMeanTeacher_weakTeacherView(nnUNetTrainerMeanTeacher):
+    """View ablation, weak-to-strong (FixMatch's and UniMatch's assignment, with Mean Teacher's soft targets): the
+    teacher sees each unlabeled crop with nnU-Net's geometric augmentation only and no input noise, the student the
+    same crop with nnU-Net's photometric transforms as well. The default gives both views independent photometric
+    transforms (Tarvainen & Valpola's two noisy views), so the teacher's targets come from degraded images too."""
+
+    unlabeled_weak_views = 1
+    teacher_noise_std = 0.0
 
 
 class nnUNetTrainerMeanTeacher_exportStudent(nnUNetTrainerMeanTeacher):
