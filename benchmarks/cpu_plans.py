@@ -32,13 +32,15 @@ from nnunet_semi.files import write_atomic
 from nnunet_semi.planners.plan import related_datasets
 from nnunet_semi.planners.raw import resolve_dataset
 
-PER_STAGE = ("features_per_stage", "n_conv_per_stage")
+PER_STAGE = ("features_per_stage", "n_conv_per_stage", "n_blocks_per_stage")  # the last: residual encoder plans
 MIN_FEATURE_MAP_EDGE = 4  # ExperimentPlanner.UNet_featuremap_min_edge_length, set in its __init__
 
 
 def reduced_configuration(configuration: dict, patch_size: list[int], batch_size: int) -> dict:
     """A copy of one planned configuration with ``patch_size`` and ``batch_size`` and nnU-Net's topology for that
     patch. Only fewer stages than planned are possible (the planned per-stage lists are cut, never invented)."""
+    if "architecture" not in configuration or "spacing" not in configuration:
+        raise UserError("the configuration inherits its network from another one (a cascade stage); reduce that one.")
     spacing = configuration["spacing"]
     if len(patch_size) != len(spacing):
         raise UserError(f"--patch-size {' '.join(map(str, patch_size))} has {len(patch_size)} axes, the "
@@ -57,7 +59,7 @@ def reduced_configuration(configuration: dict, patch_size: list[int], batch_size
         raise UserError(f"a {patch_size} patch needs {stages} stages, more than the {arch['n_stages']} planned; "
                         f"use a patch no larger than the planned {configuration['patch_size']}.")
     arch.update(n_stages=stages, strides=[list(s) for s in strides], kernel_sizes=[list(k) for k in kernel_sizes],
-                **{key: arch[key][:stages] for key in PER_STAGE},
+                **{key: arch[key][:stages] for key in PER_STAGE if key in arch},
                 n_conv_per_stage_decoder=arch["n_conv_per_stage_decoder"][:stages - 1])
     reduced.update(patch_size=list(patch_size), batch_size=batch_size)
     return reduced

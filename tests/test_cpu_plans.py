@@ -23,7 +23,7 @@ def planned_2d() -> dict:
             "n_stages": stages, "features_per_stage": [min(32 * 2 ** i, 512) for i in range(stages)],
             "kernel_sizes": [[3, 3]] * stages, "strides": [[1, 1]] + [[2, 2]] * (stages - 1),
             "n_conv_per_stage": [2] * stages, "n_conv_per_stage_decoder": [2] * (stages - 1), "conv_bias": True}}},
-        "3d_fullres": {}}}
+        "3d_cascade_fullres": {"inherits_from": "3d_fullres"}}}
 
 
 def test_reduced_plans_take_nnunets_topology_for_the_smaller_patch_and_keep_the_rest():
@@ -48,6 +48,7 @@ def test_reduced_plans_take_nnunets_topology_for_the_smaller_patch_and_keep_the_
     (["2d"], [64, 64, 64], 4, "has 3 axes, the configuration 2"),
     (["2d"], [128, 128], 0, "--batch-size must be >= 1"),
     (["3d_lowres"], [128, 128], 4, "has no configuration 3d_lowres"),
+    (["3d_cascade_fullres"], [128, 128], 4, "inherits its network from another one"),
 ])
 def test_reduced_plans_refuse_what_nnunet_would_not_plan(configurations, patch, batch, message):
     with pytest.raises(UserError, match=message):

@@ -163,3 +163,10 @@ class nnUNetTrainerUniMatch_noWarmup(nnUNetTrainerUniMatch):
 
 class nnUNetTrainerUniMatch_noCutMix(nnUNetTrainerUniMatch):
     cutmix_probability = 0.0
+
+
+class nnUNetTrainerUniMatch_halfUnlabeled(nnUNetTrainerUniMatch):
+    """Half as many unlabeled crops as labeled ones per step: each unlabeled crop costs the network four samples
+    (weak, two strong, the perturbed decoder pass), so this halves the larger part of the step."""
+
+    unlabeled_batch_ratio = 0.5
