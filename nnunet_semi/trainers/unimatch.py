@@ -166,7 +166,8 @@ class nnUNetTrainerUniMatch_noCutMix(nnUNetTrainerUniMatch):
 
 
 class nnUNetTrainerUniMatch_halfUnlabeled(nnUNetTrainerUniMatch):
-    """Half as many unlabeled crops as labeled ones per step: each unlabeled crop costs the network four samples
-    (weak, two strong, the perturbed decoder pass), so this halves the larger part of the step."""
+    """Half as many unlabeled crops as labeled ones per step: each unlabeled crop costs the network about four
+    samples (weak, two strong, the perturbed decoder pass). Step time on ACDC 2d, CPU: 2.58x vanilla's against the
+    default's 5.13x (README, "Benchmarks"); its Dice is not measured."""
 
     unlabeled_batch_ratio = 0.5
