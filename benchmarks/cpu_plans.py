@@ -41,16 +41,16 @@ def reduced_configuration(configuration: dict, patch_size: list[int], batch_size
     patch. Only fewer stages than planned are possible (the planned per-stage lists are cut, never invented)."""
     if "architecture" not in configuration or "spacing" not in configuration:
         raise UserError("the configuration inherits its network from another one (a cascade stage); reduce that one.")
-    spacing = configuration["spacing"]
+    spacing, given = configuration["spacing"], " ".join(map(str, patch_size))
     if len(patch_size) != len(spacing):
-        raise UserError(f"--patch-size {' '.join(map(str, patch_size))} has {len(patch_size)} axes, the "
+        raise UserError(f"--patch-size {given} has {len(patch_size)} axes, the "
                         f"configuration {len(spacing)} (spacing {spacing}).")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}.")
     _, strides, kernel_sizes, new_patch, _ = get_pool_and_conv_props(
         spacing, patch_size, MIN_FEATURE_MAP_EDGE, 999999)
     if [int(edge) for edge in new_patch] != list(patch_size):
-        raise UserError(f"--patch-size {' '.join(map(str, patch_size))} is not divisible by the network's "
+        raise UserError(f"--patch-size {given} is not divisible by the network's "
                         f"downsampling; nnU-Net's planner would use {' '.join(map(str, new_patch))}.")
     reduced = copy.deepcopy(configuration)
     arch = reduced["architecture"]["arch_kwargs"]
