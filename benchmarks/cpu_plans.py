@@ -39,8 +39,6 @@ MIN_FEATURE_MAP_EDGE = 4  # ExperimentPlanner.UNet_featuremap_min_edge_length, s
 def reduced_configuration(configuration: dict, patch_size: list[int], batch_size: int) -> dict:
     """A copy of one planned configuration with ``patch_size`` and ``batch_size`` and nnU-Net's topology for that
     patch. Only fewer stages than planned are possible (the planned per-stage lists are cut, never invented)."""
-    if "architecture" not in configuration or "spacing" not in configuration:
-        raise UserError("the configuration inherits its network from another one (a cascade stage); reduce that one.")
     spacing, given = configuration["spacing"], " ".join(map(str, patch_size))
     if len(patch_size) != len(spacing):
         raise UserError(f"--patch-size {given} has {len(patch_size)} axes, the "
@@ -72,6 +70,11 @@ def reduced_plans(plans: dict, configurations: list[str], patch_size: list[int],
     if missing:
         raise UserError(f"{plans['plans_name']} of {plans['dataset_name']} has no configuration "
                         f"{', '.join(missing)} (planned: {', '.join(plans['configurations'])}).")
+    for c in configurations:
+        if "architecture" not in plans["configurations"][c] or "spacing" not in plans["configurations"][c]:
+            parent = plans["configurations"][c].get("inherits_from", "another configuration")
+            raise UserError(f"{c} inherits its network from {parent} (a cascade stage): reduce {parent} instead "
+                            f"(-c {parent}).")
     reduced = copy.deepcopy(plans)
     reduced["plans_name"] = name
     reduced["configurations"] = {c: reduced_configuration(plans["configurations"][c], patch_size, batch_size)

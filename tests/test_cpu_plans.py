@@ -48,7 +48,8 @@ def test_reduced_plans_take_nnunets_topology_for_the_smaller_patch_and_keep_the_
     (["2d"], [64, 64, 64], 4, "has 3 axes, the configuration 2"),
     (["2d"], [128, 128], 0, "--batch-size must be >= 1"),
     (["3d_lowres"], [128, 128], 4, "has no configuration 3d_lowres"),
-    (["3d_cascade_fullres"], [128, 128], 4, "inherits its network from another one"),
+    (["3d_cascade_fullres"], [128, 128], 4,
+     r"3d_cascade_fullres inherits its network from 3d_fullres \(a cascade stage\): reduce 3d_fullres"),
 ])
 def test_reduced_plans_refuse_what_nnunet_would_not_plan(configurations, patch, batch, message):
     with pytest.raises(UserError, match=message):
