@@ -115,7 +115,9 @@ class nnUNetTrainerMeanTeacher_weakTeacherView(nnUNetTrainerMeanTeacher):
     """View ablation, weak-to-strong (FixMatch's and UniMatch's assignment, with Mean Teacher's soft targets): the
     teacher sees each unlabeled crop with nnU-Net's geometric augmentation only and no input noise, the student the
     same crop with nnU-Net's photometric transforms as well. The default gives both views independent photometric
-    transforms (Tarvainen & Valpola's two noisy views), so the teacher's targets come from degraded images too."""
+    transforms (Tarvainen & Valpola's two noisy views), so the teacher's targets come from degraded images too.
+    ACDC 2d, 3000 iterations, one run (fold 0): test Dice 81.65 against vanilla's 80.94 and the default's 81.35,
+    HD95 30.1 mm against 40.0 and 33.6 (README); one run is no verdict, so the default views stay."""
 
     unlabeled_weak_views = 1
     teacher_noise_std = 0.0
