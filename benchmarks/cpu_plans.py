@@ -71,8 +71,9 @@ def reduced_plans(plans: dict, configurations: list[str], patch_size: list[int],
         raise UserError(f"{plans['plans_name']} of {plans['dataset_name']} has no configuration "
                         f"{', '.join(missing)} (planned: {', '.join(plans['configurations'])}).")
     for c in configurations:
-        if "architecture" not in plans["configurations"][c] or "spacing" not in plans["configurations"][c]:
-            parent = plans["configurations"][c].get("inherits_from", "another configuration")
+        configuration = plans["configurations"][c]
+        if "architecture" not in configuration or "spacing" not in configuration:
+            parent = configuration.get("inherits_from", "another configuration")
             raise UserError(f"{c} inherits its network from {parent} (a cascade stage): reduce {parent} instead "
                             f"(-c {parent}).")
     reduced = copy.deepcopy(plans)
