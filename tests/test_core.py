@@ -86,11 +86,12 @@ def test_mean_teacher_ema_decay_switches_when_the_consistency_rampup_ends():
     assert decays(nnUNetTrainerMeanTeacher) == [0.99] * 4
 
 
-@pytest.mark.parametrize("variant, teacher_view_is_weak", [("", False), ("_weakTeacherView", True)])
-def test_mean_teacher_gives_the_weak_view_to_the_teacher_only_in_the_weak_to_strong_variant(variant,
-                                                                                               teacher_view_is_weak):
-    """The core's unlabeled views come weak first; the default hands the teacher the second (photometrically
-    augmented) view plus its input noise, ``_weakTeacherView`` the first (geometry-only) view without noise."""
+@pytest.mark.parametrize("variant, teacher_view_is_weak", [("", True), ("_weakTeacherView", True),
+                                                            ("_noisyTeacherView", False), ("_ssl4mis", False)])
+def test_mean_teacher_gives_the_weak_view_to_the_teacher_unless_a_variant_keeps_the_noisy_views(variant,
+                                                                                                teacher_view_is_weak):
+    """The core's unlabeled views come weak first; the default hands the teacher the first (geometry-only) view
+    without noise, ``_noisyTeacherView`` the second (photometrically augmented) view plus its input noise."""
     from types import SimpleNamespace
 
     from nnunet_semi import trainers
@@ -149,21 +150,31 @@ def test_budget_variant_of_vanilla_and_semi_trainers():
 
 
 def test_mean_teacher_defaults_and_the_settings_measured_variants_keep():
-    """Weight 1 with the EMA teacher exported by default; SCDL keeps the SSL4MIS setting it was measured with, and the
-    benchmark tables' trainer names keep theirs (SCDL's ``_exportTeacher_consistency1`` has Mean Teacher's)."""
-    from nnunet_semi.trainers import (nnUNetTrainerMeanTeacher_exportTeacher,
+    """Weight 1, the EMA teacher exported and weak-to-strong views by default; SCDL keeps the SSL4MIS setting it was
+    measured with, and the benchmark tables' trainer names keep theirs, the noisy views included (SCDL's
+    ``_exportTeacher_consistency1`` has Mean Teacher's)."""
+    from nnunet_semi.trainers import (nnUNetTrainerMeanTeacher_ema999AfterRampup,
+                                      nnUNetTrainerMeanTeacher_exportTeacher,
                                       nnUNetTrainerMeanTeacher_exportTeacher_consistency1,
+                                      nnUNetTrainerMeanTeacher_exportTeacher_consistency1_halfUnlabeled,
+                                      nnUNetTrainerMeanTeacher_exportTeacher_consistency3,
+                                      nnUNetTrainerMeanTeacher_weakTeacherView,
                                       nnUNetTrainerMeanTeacher_ssl4mis, nnUNetTrainerSCDL,
                                       nnUNetTrainerSCDL_exportTeacher_consistency1)
 
-    def setting(trainer_class: type) -> tuple[float, str]:
-        return trainer_class.consistency_weight, trainer_class.exported_network
+    def setting(trainer_class: type) -> tuple[float, str, int, float]:
+        return (trainer_class.consistency_weight, trainer_class.exported_network, trainer_class.unlabeled_weak_views,
+                trainer_class.teacher_noise_std)
 
-    assert setting(nnUNetTrainerMeanTeacher) == setting(nnUNetTrainerMeanTeacher_exportTeacher_consistency1)
-    assert setting(nnUNetTrainerMeanTeacher) == (1.0, "teacher")
-    assert setting(nnUNetTrainerSCDL_exportTeacher_consistency1) == (1.0, "teacher")
-    assert setting(nnUNetTrainerMeanTeacher_ssl4mis) == setting(nnUNetTrainerSCDL) == (0.1, "student")
-    assert setting(nnUNetTrainerMeanTeacher_exportTeacher) == (0.1, "teacher")
+    assert setting(nnUNetTrainerMeanTeacher) == setting(nnUNetTrainerMeanTeacher_weakTeacherView)
+    assert setting(nnUNetTrainerMeanTeacher) == (1.0, "teacher", 1, 0.0)
+    assert setting(nnUNetTrainerMeanTeacher_exportTeacher_consistency1) == (1.0, "teacher", 0, 0.1)
+    assert setting(nnUNetTrainerSCDL_exportTeacher_consistency1) == (1.0, "teacher", 0, 0.1)
+    assert setting(nnUNetTrainerMeanTeacher_ssl4mis) == setting(nnUNetTrainerSCDL) == (0.1, "student", 0, 0.1)
+    assert setting(nnUNetTrainerMeanTeacher_exportTeacher) == (0.1, "teacher", 0, 0.1)
+    for measured in (nnUNetTrainerMeanTeacher_exportTeacher_consistency1_halfUnlabeled,
+                     nnUNetTrainerMeanTeacher_exportTeacher_consistency3, nnUNetTrainerMeanTeacher_ema999AfterRampup):
+        assert setting(measured)[2:] == (0, 0.1), measured.__name__
 
 
 @pytest.mark.parametrize("trainer_class", [nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_labeledOnly,

@@ -203,6 +203,23 @@ def test_a_dataset_without_labeled_cases_is_refused_before_nnunet_writes_splits(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("trainer_name, saved, warned", [
+    ("nnUNetTrainerMeanTeacher", {}, True),  # written before the views were recorded: the noisy default views
+    ("nnUNetTrainerMeanTeacher_weakTeacherView", {}, False),
+    ("nnUNetTrainerMeanTeacher_noisyTeacherView", {}, False),
+    ("nnUNetTrainerMeanTeacher", {"unlabeled_views": {"unlabeled_weak_views": 1, "teacher_noise_std": 0.0}}, False),
+    ("nnUNetTrainerMeanTeacher", {"unlabeled_views": {"unlabeled_weak_views": 0, "teacher_noise_std": 0.1}}, True)])
+def test_resuming_a_run_started_with_other_views_is_logged(trainer_name, saved, warned):
+    """A checkpoint from before the weak-to-strong views became Mean Teacher's default resumes with them, logged."""
+    from nnunet_semi import trainers
+    trainer = object.__new__(getattr(trainers, trainer_name))
+    logged = []
+    trainer.print_to_log_file = lambda *args: logged.append(" ".join(map(str, args)))
+    trainer.warn_if_views_changed(saved)
+    assert bool(logged) == warned
+    assert all("'unlabeled_weak_views': 0" in line and "_exportTeacher_consistency1" in line for line in logged)
+
+
 @pytest.mark.parametrize("saved, warned", [({"exported": "student", "teacher": {}}, True),
                                            ({"exported": "student"}, False),  # saved before the teacher existed
                                            ({"exported": "teacher", "teacher": {}}, False), ({}, False)])

@@ -14,22 +14,22 @@ def noised(x: torch.Tensor, std: float) -> torch.Tensor:
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     """Supervised: nnU-Net's Dice + CE with deep supervision on the labeled batch. Unsupervised: the mean squared
-    error between the student's and the EMA teacher's class probabilities on two differently augmented views of
-    each unlabeled crop (the teacher's view also noised), weighted by w(t) = consistency_weight * ramp-up(t).
+    error between the student's and the EMA teacher's class probabilities on two views of each unlabeled crop,
+    weighted by w(t) = consistency_weight * ramp-up(t). The views are weak-to-strong (FixMatch's and UniMatch's
+    assignment, with Mean Teacher's soft targets): the teacher sees the crop with nnU-Net's geometric augmentation
+    only, the student the same crop with nnU-Net's photometric transforms as well.
 
     EMA decay 0.99 and the MSE averaged over voxels and classes follow the SSL4MIS ACDC baseline, the ramp-up over
-    the first quarter of training follows Tarvainen & Valpola (80 of 300 epochs). Consistency weight 1 and the EMA
-    teacher exported are measured defaults: on Kvasir-SEG 10 % at 400 iterations, five paired runs in one session,
-    +0.99 [+0.09, +1.89] Dice over vanilla nnU-Net, where SSL4MIS's weight 0.1 with the student exported (the
-    former defaults, ``_ssl4mis``) was level with it; at 1000 iterations, five runs, +1.73 [-0.81, +4.28]. At weight
-    0.1 the weighted consistency term is about 1 % of the supervised loss; weights 3 and 10 over-regularise (README,
-    "Benchmarking"). They do not transfer to ACDC 2d (7 labeled patients, 1000 iterations, three runs): -2.22
-    [-10.46, +6.03] against vanilla's 73.22, with the teacher lagging the still-improving student (trained again in
-    a rebuilt workspace: -2.27 [-11.98, +7.43], and -1.76 [-6.80, +3.28] after nnU-Net's postprocessing);
-    ``_ssl4mis`` is no better there (-1.91 [-5.50, +1.68], paired +0.31 over these defaults), so they stay. At
-    3000 iterations (three folds) they are level with vanilla (+0.19 [-0.88, +1.27]; +0.24 [-1.91, +2.38] after
-    postprocessing): the teacher leads by 4-11 points from 600 to 1800 iterations and vanilla catches up as the
-    learning rate decays.
+    the first quarter of training follows Tarvainen & Valpola (80 of 300 epochs). Measured defaults (README,
+    "Benchmarking"): consistency weight 1 and the EMA teacher exported, with Tarvainen & Valpola's two noisy views
+    (``_exportTeacher_consistency1``), gave on Kvasir-SEG 10 % +0.99 [+0.09, +1.89] Dice over vanilla nnU-Net at 400
+    iterations (five runs), where SSL4MIS's weight 0.1 with the student exported (``_ssl4mis``) was level with it,
+    and +1.73 [-0.81, +4.28] at 1000; on ACDC 2d (7 labeled patients) -2.27 [-11.98, +7.43] at 1000 iterations and
+    +0.19 [-0.88, +1.27] at 3000 (three runs each; ``_ssl4mis`` no better). At weight 0.1 the weighted consistency
+    term is about 1 % of the supervised loss; weights 3 and 10 over-regularise. The weak-to-strong views then beat
+    the noisy ones on both datasets: ACDC at 3000 iterations +0.69 [+0.53, +0.85] over vanilla, +0.49 [-0.70,
+    +1.69] over the noisy views; Kvasir-SEG at 1000 iterations +1.59 [-0.44, +3.62] over vanilla, -0.63 [-7.03, +5.77] over the
+    noisy views (three runs).
     Steps without unlabeled views (a ``warmup_fraction`` > 0, or ``_labeledOnly``) optimise the supervised loss only.
     ``ema_decay_after_rampup`` (None: ``ema_decay`` throughout) is the decay once the consistency ramp-up is over:
     Tarvainen & Valpola's released code uses 0.99 during the ramp-up and 0.999 after it, ``_ema999AfterRampup``.
@@ -38,10 +38,11 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     ema_decay = 0.99
     ema_decay_after_rampup: float | None = None
     unlabeled_views = 2
+    unlabeled_weak_views = 1
     consistency_weight = 1.0
     consistency_rampup = "sigmoid"
     consistency_rampup_fraction = 0.25
-    teacher_noise_std = 0.1
+    teacher_noise_std = 0.0
     exported_network = "teacher"
     train_terms = ("loss_supervised", "loss_consistency", "consistency_weight")
 
@@ -71,6 +72,30 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
             self.teacher.decay = self.current_ema_decay()  # set from global_step each step, so --c resumes it
         super().after_optimizer_step()
 
+    def unlabeled_view_setting(self) -> dict[str, float]:
+        """What decides the two views; recorded in checkpoints so that a resumed run can tell if it changed."""
+        return {"unlabeled_weak_views": self.unlabeled_weak_views, "teacher_noise_std": self.teacher_noise_std}
+
+    def semi_state_dict(self) -> dict:
+        return {**super().semi_state_dict(), "unlabeled_views": self.unlabeled_view_setting()}
+
+    def load_semi_state_dict(self, state: dict) -> None:
+        super().load_semi_state_dict(state)
+        self.warn_if_views_changed(state)
+
+    def warn_if_views_changed(self, state: dict) -> None:
+        """Log when a resumed run was started with other views (the default became weak-to-strong). Checkpoints
+        written before the views were recorded had the noisy views, unless ``_weakTeacherView`` wrote them."""
+        weak_then = isinstance(self, nnUNetTrainerMeanTeacher_weakTeacherView)
+        then = state.get("unlabeled_views", {"unlabeled_weak_views": int(weak_then),
+                                             "teacher_noise_std": 0.0 if weak_then else 0.1})
+        if then != self.unlabeled_view_setting():
+            self.print_to_log_file(
+                f"WARNING: this run was started with the unlabeled views {then}; {self.__class__.__name__} uses "
+                f"{self.unlabeled_view_setting()} from now on (its defaults changed since). To continue as started, "
+                f"copy this fold folder into the output folder of a variant with the former views (for Mean "
+                f"Teacher's defaults: nnUNetTrainerMeanTeacher_exportTeacher_consistency1) and resume it with --c.")
+
     def teacher_and_student_views(self, unlabeled: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher's view, student's view) of the unlabeled crops, each (B, C, *patch); with
         ``unlabeled_weak_views`` = 1 the weak (geometry-only) view, which the core puts first, is the teacher's."""
@@ -91,56 +116,39 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
                 "loss_consistency": loss_consistency, "consistency_weight": torch.tensor(weight)}
 
 
+class nnUNetTrainerMeanTeacher_noisyTeacherView(nnUNetTrainerMeanTeacher):
+    """View ablation, the former default: Tarvainen & Valpola's two noisy views. Both views get nnU-Net's
+    photometric transforms independently and the teacher's also the input noise of the SSL4MIS baseline, so the
+    teacher's targets come from degraded images too. Every variant measured before the weak-to-strong views became
+    the default keeps these views (they derive from this class), so that their names still reproduce their rows."""
+
+    unlabeled_weak_views = 0
+    teacher_noise_std = 0.1
+
+
+class nnUNetTrainerMeanTeacher_weakTeacherView(nnUNetTrainerMeanTeacher):
+    """The defaults (weak-to-strong views) under the name they were measured with before they became the defaults;
+    kept because ``nnUNetv2_predict`` rebuilds a model's network from its trainer's name. ACDC 2d, 3000 iterations,
+    three runs (folds 0-2): test Dice 83.51 against vanilla's 82.82 and the noisy views' 83.01, +0.69 [+0.53, +0.85]
+    over vanilla (+0.71, +0.74, +0.62), +0.49 [-0.70, +1.69] over the noisy views. Kvasir-SEG 10 %, 1000 iterations,
+    three runs (folds 0-2): 57.71 against 56.12 and 58.33, +1.59 [-0.44, +3.62] over vanilla (+0.86, +2.47, +1.44),
+    -0.63 [-7.03, +5.77] over the noisy views (README)."""
+
+
 class nnUNetTrainerMeanTeacher_halfUnlabeled(nnUNetTrainerMeanTeacher):
     """Half as many unlabeled crops as labeled ones per step. With forward = 1 and backward = 2 units per labeled
     batch and the teacher's no-grad forward about 0.8, an equal unlabeled batch costs (2 + 4 + 0.8) / 3 = 2.3x
     vanilla's step and a half one (1.5 + 3 + 0.4) / 3 = 1.6x: the cheaper setting of the batch-ratio ablation
-    (Kvasir-SEG 10 %, five runs per budget: 1.56x instead of 2.08x in training, Dice against the full batch -0.30 at
-    400 iterations and +0.17 at 1000, within the noise)."""
+    (Kvasir-SEG 10 %, five runs per budget, with the noisy views: 1.56x instead of 2.08x in training, Dice against
+    the full batch -0.30 at 400 iterations and +0.17 at 1000, within the noise)."""
 
     unlabeled_batch_ratio = 0.5
-
-
-class nnUNetTrainerMeanTeacher_ema999AfterRampup(nnUNetTrainerMeanTeacher):
-    """EMA-decay ablation: Tarvainen & Valpola's schedule, 0.99 during the consistency ramp-up and 0.999 after it, so
-    that late in training the exported teacher averages the last ~1000 student steps instead of ~100. ACDC 2d, 3000
-    iterations, folds 0-1 (two runs): test Dice 79.61 against the default's 81.98, -2.36 [-3.83, -0.90]; the teacher
-    trails the default's by up to 8 points and ends below its own student, as a third of training is too long a
-    window (README)."""
-
-    ema_decay_after_rampup = 0.999
-
-
-class nnUNetTrainerMeanTeacher_weakTeacherView(nnUNetTrainerMeanTeacher):
-    """View ablation, weak-to-strong (FixMatch's and UniMatch's assignment, with Mean Teacher's soft targets): the
-    teacher sees each unlabeled crop with nnU-Net's geometric augmentation only and no input noise, the student the
-    same crop with nnU-Net's photometric transforms as well. The default gives both views independent photometric
-    transforms (Tarvainen & Valpola's two noisy views), so the teacher's targets come from degraded images too.
-    ACDC 2d, 3000 iterations, three runs (folds 0-2): test Dice 83.51 against vanilla's 82.82 and the default's
-    83.01, +0.69 [+0.53, +0.85] over vanilla (+0.71, +0.74, +0.62), +0.49 [-0.70, +1.69] over the default views
-    (README); below vanilla's run-to-run std, and not yet run on Kvasir-SEG, so the default views stay."""
-
-    unlabeled_weak_views = 1
-    teacher_noise_std = 0.0
 
 
 class nnUNetTrainerMeanTeacher_exportStudent(nnUNetTrainerMeanTeacher):
     """The student is exported (``network_weights``, validation, ``nnUNetv2_predict``) instead of the EMA teacher."""
 
     exported_network = "student"
-
-
-class nnUNetTrainerMeanTeacher_ssl4mis(nnUNetTrainerMeanTeacher_exportStudent):
-    """The SSL4MIS ACDC baseline's consistency weight 0.1 with the student exported: this trainer's defaults until
-    they were measured level with vanilla nnU-Net, and the base setting SCDL's paper builds on."""
-
-    consistency_weight = 0.1
-
-
-class nnUNetTrainerMeanTeacher_exportTeacher(nnUNetTrainerMeanTeacher):
-    """Consistency weight 0.1 with the EMA teacher exported (named when the default exported the student)."""
-
-    consistency_weight = 0.1
 
 
 class nnUNetTrainerMeanTeacher_labeledOnly(nnUNetTrainerMeanTeacher):
@@ -150,24 +158,51 @@ class nnUNetTrainerMeanTeacher_labeledOnly(nnUNetTrainerMeanTeacher):
     uses_unlabeled_batches = False
 
 
-class nnUNetTrainerMeanTeacher_exportTeacher_consistency1(nnUNetTrainerMeanTeacher):
-    """The defaults (weight 1, teacher exported) under the name they were measured with before they became the
-    defaults; kept because ``nnUNetv2_predict`` rebuilds a model's network from its trainer's name."""
+class nnUNetTrainerMeanTeacher_ssl4mis(nnUNetTrainerMeanTeacher_exportStudent,
+                                       nnUNetTrainerMeanTeacher_noisyTeacherView):
+    """The SSL4MIS ACDC baseline: consistency weight 0.1, the student exported, the noisy views. This trainer's
+    defaults until they were measured level with vanilla nnU-Net, and the base setting SCDL's paper builds on."""
+
+    consistency_weight = 0.1
 
 
-class nnUNetTrainerMeanTeacher_exportTeacher_consistency3(nnUNetTrainerMeanTeacher):
-    """Consistency-weight ablation: 3.0. Measured past the peak on Kvasir-SEG 10 % at 400 iterations (5 paired runs:
-    +0.15 Dice over vanilla, weight 1 +0.99)."""
+class nnUNetTrainerMeanTeacher_exportTeacher_consistency1(nnUNetTrainerMeanTeacher_noisyTeacherView):
+    """Weight 1 with the teacher exported and the noisy views: the defaults before the weak-to-strong views, under
+    the name they were measured with (Kvasir-SEG and ACDC rows of the README); kept because ``nnUNetv2_predict``
+    rebuilds a model's network from its trainer's name."""
+
+
+class nnUNetTrainerMeanTeacher_exportTeacher_consistency1_halfUnlabeled(nnUNetTrainerMeanTeacher_halfUnlabeled,
+                                                                        nnUNetTrainerMeanTeacher_noisyTeacherView):
+    """``_halfUnlabeled`` with the noisy views, under the name it was measured with."""
+
+
+class nnUNetTrainerMeanTeacher_exportTeacher(nnUNetTrainerMeanTeacher_noisyTeacherView):
+    """Consistency weight 0.1 with the EMA teacher exported and the noisy views (named when the default exported the
+    student)."""
+
+    consistency_weight = 0.1
+
+
+class nnUNetTrainerMeanTeacher_exportTeacher_consistency3(nnUNetTrainerMeanTeacher_noisyTeacherView):
+    """Consistency-weight ablation with the noisy views: 3.0. Measured past the peak on Kvasir-SEG 10 % at 400
+    iterations (5 paired runs: +0.15 Dice over vanilla, weight 1 +0.99)."""
 
     consistency_weight = 3.0
 
 
-class nnUNetTrainerMeanTeacher_exportTeacher_consistency10(nnUNetTrainerMeanTeacher):
-    """Consistency-weight ablation: 10.0, the upper end of the dose-response (3 runs: -2.41 Dice against vanilla)."""
+class nnUNetTrainerMeanTeacher_exportTeacher_consistency10(nnUNetTrainerMeanTeacher_noisyTeacherView):
+    """Consistency-weight ablation with the noisy views: 10.0, the upper end of the dose-response (3 runs: -2.41 Dice
+    against vanilla)."""
 
     consistency_weight = 10.0
 
 
-class nnUNetTrainerMeanTeacher_exportTeacher_consistency1_halfUnlabeled(nnUNetTrainerMeanTeacher_halfUnlabeled):
-    """``_halfUnlabeled`` under the name it was measured with before weight 1 and the exported teacher became the
-    defaults; kept because ``nnUNetv2_predict`` rebuilds a model's network from its trainer's name."""
+class nnUNetTrainerMeanTeacher_ema999AfterRampup(nnUNetTrainerMeanTeacher_noisyTeacherView):
+    """EMA-decay ablation with the noisy views: Tarvainen & Valpola's schedule, 0.99 during the consistency ramp-up
+    and 0.999 after it, so that late in training the exported teacher averages the last ~1000 student steps instead
+    of ~100. ACDC 2d, 3000 iterations, folds 0-1 (two runs): test Dice 79.61 against ``_noisyTeacherView``'s 81.98,
+    -2.36 [-3.83, -0.90]; the teacher trails by up to 8 points and ends below its own student, as a third of
+    training is too long a window (README)."""
+
+    ema_decay_after_rampup = 0.999

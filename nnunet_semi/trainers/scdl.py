@@ -27,7 +27,8 @@ from nnunet_semi.core.network import planned_network
 from nnunet_semi.core.teacher import unwrap_network
 from nnunet_semi.core.trainer import Batch, full_resolution
 from nnunet_semi.trainers.cps import nnUNetTrainerCPS
-from nnunet_semi.trainers.mean_teacher import nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_ssl4mis
+from nnunet_semi.trainers.mean_teacher import (nnUNetTrainerMeanTeacher_exportTeacher_consistency1,
+                                               nnUNetTrainerMeanTeacher_ssl4mis)
 
 SCDL_TERMS = ("loss_e2p", "loss_p2e", "loss_sac")
 
@@ -133,11 +134,11 @@ class nnUNetTrainerSCDL(SCDLPlugin, nnUNetTrainerMeanTeacher_ssl4mis):
     train_terms = nnUNetTrainerMeanTeacher_ssl4mis.train_terms + SCDL_TERMS
 
 
-class nnUNetTrainerSCDL_exportTeacher_consistency1(SCDLPlugin, nnUNetTrainerMeanTeacher):
-    """SCDL over Mean Teacher's current defaults (consistency weight 1, EMA teacher exported with its proxies and
-    priors), named like the Mean Teacher variant with that setting: the candidate base for ``nnUNetTrainerSCDL``."""
+class nnUNetTrainerSCDL_exportTeacher_consistency1(SCDLPlugin, nnUNetTrainerMeanTeacher_exportTeacher_consistency1):
+    """SCDL over the Mean Teacher variant of the same name (consistency weight 1, EMA teacher exported with its
+    proxies and priors, the noisy views it was measured with): the candidate base for ``nnUNetTrainerSCDL``."""
 
-    train_terms = nnUNetTrainerMeanTeacher.train_terms + SCDL_TERMS
+    train_terms = nnUNetTrainerMeanTeacher_exportTeacher_consistency1.train_terms + SCDL_TERMS
 
 
 class nnUNetTrainerSCDL_CPS(SCDLPlugin, nnUNetTrainerCPS):
