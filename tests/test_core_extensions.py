@@ -207,6 +207,7 @@ def test_a_dataset_without_labeled_cases_is_refused_before_nnunet_writes_splits(
     ("nnUNetTrainerMeanTeacher", {}, True),  # written before the views were recorded: the noisy default views
     ("nnUNetTrainerMeanTeacher_weakTeacherView", {}, False),
     ("nnUNetTrainerMeanTeacher_noisyTeacherView", {}, False),
+    ("nnUNetTrainerMeanTeacher_labeledOnly", {}, False),  # no unlabeled batches, so no views
     ("nnUNetTrainerMeanTeacher", {"unlabeled_views": {"unlabeled_weak_views": 1, "teacher_noise_std": 0.0}}, False),
     ("nnUNetTrainerMeanTeacher", {"unlabeled_views": {"unlabeled_weak_views": 0, "teacher_noise_std": 0.1}}, True)])
 def test_resuming_a_run_started_with_other_views_is_logged(trainer_name, saved, warned):

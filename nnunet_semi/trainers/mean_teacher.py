@@ -85,7 +85,10 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
 
     def warn_if_views_changed(self, state: dict) -> None:
         """Log when a resumed run was started with other views (the default became weak-to-strong). Checkpoints
-        written before the views were recorded had the noisy views, unless ``_weakTeacherView`` wrote them."""
+        written before the views were recorded had the noisy views, unless ``_weakTeacherView`` wrote them. A run
+        without unlabeled batches has no views to change."""
+        if not self.uses_unlabeled_batches:
+            return
         weak_then = isinstance(self, nnUNetTrainerMeanTeacher_weakTeacherView)
         then = state.get("unlabeled_views", {"unlabeled_weak_views": int(weak_then),
                                              "teacher_noise_std": 0.0 if weak_then else 0.1})
