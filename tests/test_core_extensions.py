@@ -203,31 +203,48 @@ def test_a_dataset_without_labeled_cases_is_refused_before_nnunet_writes_splits(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("trainer_name, saved, warned", [
-    ("nnUNetTrainerMeanTeacher", {}, True),  # written before the views were recorded: the noisy default views
-    ("nnUNetTrainerMeanTeacher_weakTeacherView", {}, False),
-    ("nnUNetTrainerMeanTeacher_noisyTeacherView", {}, False),
-    ("nnUNetTrainerMeanTeacher_labeledOnly", {}, False),  # no unlabeled batches, so no views
-    ("nnUNetTrainerMeanTeacher", {"unlabeled_views": {"unlabeled_weak_views": 1, "teacher_noise_std": 0.0}}, False),
-    ("nnUNetTrainerMeanTeacher", {"unlabeled_views": {"unlabeled_weak_views": 0, "teacher_noise_std": 0.1}}, True)])
-def test_resuming_a_run_started_with_other_views_is_logged(trainer_name, saved, warned):
-    """A checkpoint from before the weak-to-strong views became Mean Teacher's default resumes with them, logged."""
+NOISY = {"unlabeled_weak_views": 0, "teacher_noise_std": 0.1}
+WEAK = {"unlabeled_weak_views": 1, "teacher_noise_std": 0.0}
+
+
+def resume_warnings(trainer_name: str, saved: dict) -> list[str]:
+    """What an un-initialised trainer logs when resuming from a checkpoint whose ``semi_state`` is ``saved``."""
     from nnunet_semi import trainers
     trainer = object.__new__(getattr(trainers, trainer_name))
     logged = []
     trainer.print_to_log_file = lambda *args: logged.append(" ".join(map(str, args)))
-    trainer.warn_if_views_changed(saved)
-    assert bool(logged) == warned
-    assert all("'unlabeled_weak_views': 0" in line and "_exportTeacher_consistency1" in line for line in logged)
+    trainer.warn_if_settings_changed(saved)
+    return logged
+
+
+@pytest.mark.parametrize("trainer_name, saved, variant", [
+    ("nnUNetTrainerMeanTeacher", {}, "_exportTeacher_consistency1"),  # from before records: the noisy views
+    ("nnUNetTrainerMeanTeacher_weakTeacherView", {}, None),
+    ("nnUNetTrainerMeanTeacher_noisyTeacherView", {}, None),
+    ("nnUNetTrainerMeanTeacher_labeledOnly", {}, None),  # no unlabeled batches, so no views
+    ("nnUNetTrainerMeanTeacher", {"unlabeled_views": WEAK}, None),  # recorded as unlabeled_views by one release
+    ("nnUNetTrainerMeanTeacher", {"unlabeled_views": NOISY}, "_exportTeacher_consistency1"),
+    ("nnUNetTrainerMeanTeacher", {"settings": {"exported_network": "teacher", **WEAK}}, None),
+    ("nnUNetTrainerMeanTeacher", {"settings": {"exported_network": "teacher", **NOISY}}, "_exportTeacher_consistency1"),
+    ("nnUNetTrainerMeanTeacher", {"settings": {"exported_network": "student", **NOISY}}, "_ssl4mis"),
+    ("nnUNetTrainerMeanTeacher", {"exported": "student", "teacher": {}}, "_ssl4mis"),
+    ("nnUNetTrainerMeanTeacher_2epochs_5its", {}, "_exportTeacher_consistency1_2epochs_5its")])  # same budget
+def test_resuming_a_run_started_with_other_views_is_logged(trainer_name, saved, variant):
+    """A checkpoint from before the weak-to-strong views became Mean Teacher's default resumes with them, logged
+    with the variant that continues it as started."""
+    logged = resume_warnings(trainer_name, saved)
+    assert len(logged) == (variant is not None)
+    assert all("unlabeled_weak_views = 0" in line and f"nnUNetTrainerMeanTeacher{variant} and" in line
+               for line in logged)
 
 
 @pytest.mark.parametrize("saved, warned", [({"exported": "student", "teacher": {}}, True),
                                            ({"exported": "student"}, False),  # saved before the teacher existed
-                                           ({"exported": "teacher", "teacher": {}}, False), ({}, False)])
+                                           ({"exported": "teacher", "teacher": {}}, False), ({}, False),
+                                           ({"settings": {"exported_network": "student"}}, True),
+                                           ({"settings": {}}, False)])
 def test_resuming_a_run_started_with_the_other_export_is_logged(saved, warned):
     """A checkpoint from before Mean Teacher's defaults changed (student exported) resumes under the new default."""
-    trainer = object.__new__(nnUNetTrainerMeanTeacher)
-    logged = []
-    trainer.print_to_log_file = lambda *args: logged.append(" ".join(map(str, args)))
-    trainer.warn_if_export_changed(saved)
-    assert bool(logged) == warned and all("exported_network = 'student'" in line for line in logged)
+    logged = resume_warnings("nnUNetTrainerMeanTeacher_noisyTeacherView", saved)
+    assert len(logged) == warned
+    assert all("exported_network = 'student'" in line and "_ssl4mis and" in line for line in logged)

@@ -35,6 +35,9 @@ def test_2d_mean_teacher_trains_resumes_and_predicts(toy_2d):
     assert np.all(np.isfinite(final["logging"]["loss_consistency"]))
     newest_log = max(fold_dir.glob("training_log_*.txt"), key=os.path.getmtime).read_text()
     assert f"Epoch {interrupted['current_epoch']}" in newest_log and "Epoch 0\n" not in newest_log
+    assert final["semi_state"]["settings"] == {"exported_network": "teacher", "unlabeled_weak_views": 1,
+                                               "teacher_noise_std": 0.0}
+    assert "WARNING: this run was started with" not in newest_log  # resumed with the settings it started with
     summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
     assert 0 <= summary["foreground_mean"]["Dice"] <= 1
 

@@ -9,6 +9,7 @@ rebuilds trainers from it, so trainers never take extra arguments).
 from __future__ import annotations
 
 import functools
+import re
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -23,6 +24,8 @@ NNUNET_HYPERPARAMETERS = (
     "num_iterations_per_epoch", "num_val_iterations_per_epoch", "num_epochs", "enable_deep_supervision",
     "save_every",
 )
+# the names budget_variant_name gives: <Trainer>_<E>epochs or <Trainer>_<E>epochs_<I>its
+BUDGET_NAME = re.compile(r"(?P<base>\w+?)(?P<budget>_(?P<epochs>\d+)epochs(?:_(?P<iterations>\d+)its)?)")
 # nnU-Net runs 50 validation iterations per 250 training iterations; budget variants keep that ratio
 VALIDATION_ITERATIONS_PER_TRAINING_ITERATION = 50 / 250
 

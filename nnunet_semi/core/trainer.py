@@ -22,7 +22,7 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_semi.core.frozen import keep_frozen_parts_out_of_ddp, trainable_parameters
-from nnunet_semi.core.hyperparameters import ClassHyperparameters
+from nnunet_semi.core.hyperparameters import BUDGET_NAME, ClassHyperparameters
 from nnunet_semi.core.logging import SemiLocalLogger
 from nnunet_semi.core.rampup import RAMPUPS
 from nnunet_semi.core.teacher import EMATeacher, unwrap_network
@@ -134,8 +134,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     * :meth:`validate_hyperparameters` checks class attributes at construction.
 
     Checkpoints keep nnU-Net's layout plus ``semi_state`` (step counter, teacher, extra modules, which network was
-    exported) and are written atomically. ``checkpoint_latest`` is written every epoch (``save_every = 1``) so that
-    ``--c`` resumes where training stopped.
+    exported, :meth:`recorded_settings`) and are written atomically. ``checkpoint_latest`` is written every epoch
+    (``save_every = 1``) so that ``--c`` resumes where training stopped.
     """
 
     unlabeled_batch_ratio: float = 1.0
@@ -532,6 +532,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     def semi_state_dict(self) -> dict:
         """Extra training state saved under ``semi_state``; subclasses extend it."""
         state = {"global_step": self.global_step, "exported": self.exported_name(self.teacher is not None),
+                 "settings": self.recorded_settings(),
                  "extra_modules": {name: unwrap_network(m).state_dict() for name, m in self.extra_modules.items()}}
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
@@ -541,7 +542,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
 
     def load_semi_state_dict(self, state: dict) -> None:
         self.global_step = state["global_step"]
-        self.warn_if_export_changed(state)
+        self.warn_if_settings_changed(state)
         for name, module_state in state.get("extra_modules", {}).items():
             unwrap_network(self.extra_modules[name]).load_state_dict(module_state)
         if "student" in state:  # network_weights hold the exported teacher
@@ -550,16 +551,37 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
             self.teacher = self.new_teacher()
             self.teacher.load_state_dict(state["teacher"])
 
-    def warn_if_export_changed(self, state: dict) -> None:
-        """Log when a resumed run was started exporting the other network (a trainer's defaults changed since).
-        A checkpoint written before the teacher existed records the student for either setting."""
-        exported_then, exported_now = state.get("exported"), self.exported_name("teacher" in state)
-        if exported_then is not None and exported_then != exported_now:
-            self.print_to_log_file(
-                f"WARNING: this run was started exporting the {exported_then}; {self.__class__.__name__} exports the "
-                f"{exported_now} from now on (its defaults changed since). To continue as started, copy this fold "
-                f"folder into the output folder of a variant with exported_network = '{exported_then}' (for Mean "
-                f"Teacher: nnUNetTrainerMeanTeacher_ssl4mis) and resume that variant with --c.")
+    def recorded_settings(self) -> dict:
+        """Class attributes saved in ``semi_state`` so that a run resumed with ``--c`` under other values (the
+        trainer's defaults changed since it started) is logged; subclasses add theirs."""
+        return {"exported_network": self.exported_network}
+
+    def settings_in_checkpoint(self, state: dict) -> dict:
+        """:meth:`recorded_settings` of the run that wrote ``state``. A checkpoint written before settings were
+        recorded gives what it can: which network it exported, once a teacher existed."""
+        if "settings" in state:
+            return state["settings"]
+        return {"exported_network": state["exported"]} if "teacher" in state and "exported" in state else {}
+
+    def variant_started_with(self, settings: dict) -> str | None:
+        """A trainer whose defaults are ``settings`` (a checkpoint's), named in the resume warning; None: no such."""
+        return None
+
+    def warn_if_settings_changed(self, state: dict) -> None:
+        """Log the settings a resumed run was started with that this trainer no longer has."""
+        then, now = self.settings_in_checkpoint(state), self.recorded_settings()
+        changed = [name for name in now if name in then and then[name] != now[name]]
+        if not changed:
+            return
+        former = ", ".join(f"{name} = {then[name]!r}" for name in changed)
+        variant = self.variant_started_with({**now, **then})
+        budget = BUDGET_NAME.fullmatch(type(self).__name__)
+        variant = variant and variant + (budget["budget"] if budget else "")
+        self.print_to_log_file(
+            f"WARNING: this run was started with {former}; {self.__class__.__name__} uses "
+            f"{', '.join(f'{name} = {now[name]!r}' for name in changed)} from now on (its defaults changed since). "
+            f"To continue as started, copy this fold folder into the output folder of "
+            f"{variant or 'a variant with the former settings'} and resume that with --c.")
 
     def save_checkpoint(self, filename: str) -> None:
         """nnUNetTrainer.save_checkpoint's layout plus ``semi_state``, written to a temporary name, then renamed.

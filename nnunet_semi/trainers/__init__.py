@@ -9,11 +9,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-import re
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_semi.core.hyperparameters import budget_variant
+from nnunet_semi.core.hyperparameters import BUDGET_NAME, budget_variant
 
 
 def _discover_trainers() -> dict[str, type]:
@@ -30,8 +29,6 @@ TRAINERS: dict[str, type] = _discover_trainers()
 globals().update(TRAINERS)
 __all__ = sorted(TRAINERS)
 
-_BUDGET_NAME = re.compile(r"(?P<base>\w+?)_(?P<epochs>\d+)epochs(?:_(?P<iterations>\d+)its)?")
-
 
 def find_trainer_class(name: str) -> type:
     """Our trainers and nnU-Net's base trainer by name, ``<Trainer>_<E>epochs_<I>its`` budget variants (a form
@@ -46,7 +43,7 @@ def find_trainer_class(name: str) -> type:
         return TRAINERS[name]
     if name == nnUNetTrainer.__name__:
         return nnUNetTrainer
-    match = _BUDGET_NAME.fullmatch(name)
+    match = BUDGET_NAME.fullmatch(name)
     if match is not None and match["iterations"]:
         return budget_variant_from_name(name)
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -55,7 +52,7 @@ def find_trainer_class(name: str) -> type:
 
 def budget_variant_from_name(name: str) -> type:
     """``nnUNetTrainerMeanTeacher_5epochs_20its`` -> that trainer with a 5 x 20 iteration budget."""
-    match = _BUDGET_NAME.fullmatch(name)
+    match = BUDGET_NAME.fullmatch(name)
     if match is None:
         raise AttributeError(name)
     iterations = match["iterations"]

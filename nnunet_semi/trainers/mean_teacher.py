@@ -72,32 +72,26 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
             self.teacher.decay = self.current_ema_decay()  # set from global_step each step, so --c resumes it
         super().after_optimizer_step()
 
-    def unlabeled_view_setting(self) -> dict[str, float]:
-        """What decides the two views; recorded in checkpoints so that a resumed run can tell if it changed."""
-        return {"unlabeled_weak_views": self.unlabeled_weak_views, "teacher_noise_std": self.teacher_noise_std}
+    def recorded_settings(self) -> dict:
+        views = {"unlabeled_weak_views": self.unlabeled_weak_views, "teacher_noise_std": self.teacher_noise_std}
+        return {**super().recorded_settings(), **(views if self.uses_unlabeled_batches else {})}
 
-    def semi_state_dict(self) -> dict:
-        return {**super().semi_state_dict(), "unlabeled_views": self.unlabeled_view_setting()}
+    def settings_in_checkpoint(self, state: dict) -> dict:
+        """Checkpoints written before settings were recorded had the noisy views (the former default) unless
+        ``_weakTeacherView`` wrote them; those of one release recorded the views as ``unlabeled_views``."""
+        settings = super().settings_in_checkpoint(state)
+        if "settings" in state:
+            return settings
+        weak = isinstance(self, nnUNetTrainerMeanTeacher_weakTeacherView)
+        inferred = {"unlabeled_weak_views": int(weak), "teacher_noise_std": 0.0 if weak else 0.1}
+        return {**settings, **state.get("unlabeled_views", inferred)}
 
-    def load_semi_state_dict(self, state: dict) -> None:
-        super().load_semi_state_dict(state)
-        self.warn_if_views_changed(state)
-
-    def warn_if_views_changed(self, state: dict) -> None:
-        """Log when a resumed run was started with other views (the default became weak-to-strong). Checkpoints
-        written before the views were recorded had the noisy views, unless ``_weakTeacherView`` wrote them. A run
-        without unlabeled batches has no views to change."""
-        if not self.uses_unlabeled_batches:
-            return
-        weak_then = isinstance(self, nnUNetTrainerMeanTeacher_weakTeacherView)
-        then = state.get("unlabeled_views", {"unlabeled_weak_views": int(weak_then),
-                                             "teacher_noise_std": 0.0 if weak_then else 0.1})
-        if then != self.unlabeled_view_setting():
-            self.print_to_log_file(
-                f"WARNING: this run was started with the unlabeled views {then}; {self.__class__.__name__} uses "
-                f"{self.unlabeled_view_setting()} from now on (its defaults changed since). To continue as started, "
-                f"copy this fold folder into the output folder of a variant with the former views (for Mean "
-                f"Teacher's defaults: nnUNetTrainerMeanTeacher_exportTeacher_consistency1) and resume it with --c.")
+    def variant_started_with(self, settings: dict) -> str | None:
+        """Mean Teacher's former defaults: the noisy views, before that also the student exported."""
+        noisy = settings.get("unlabeled_weak_views") == 0 and settings.get("teacher_noise_std") == 0.1
+        if settings.get("exported_network") == "student":
+            return "nnUNetTrainerMeanTeacher_ssl4mis" if noisy else "nnUNetTrainerMeanTeacher_exportStudent"
+        return "nnUNetTrainerMeanTeacher_exportTeacher_consistency1" if noisy else None
 
     def teacher_and_student_views(self, unlabeled: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher's view, student's view) of the unlabeled crops, each (B, C, *patch); with
