@@ -228,14 +228,18 @@ def resume_warnings(trainer_name: str, saved: dict) -> list[str]:
     ("nnUNetTrainerMeanTeacher", {"settings": {"exported_network": "teacher", **NOISY}}, "_exportTeacher_consistency1"),
     ("nnUNetTrainerMeanTeacher", {"settings": {"exported_network": "student", **NOISY}}, "_ssl4mis"),
     ("nnUNetTrainerMeanTeacher", {"exported": "student", "teacher": {}}, "_ssl4mis"),
-    ("nnUNetTrainerMeanTeacher_2epochs_5its", {}, "_exportTeacher_consistency1_2epochs_5its")])  # same budget
+    ("nnUNetTrainerMeanTeacher_2epochs_5its", {}, "_exportTeacher_consistency1_2epochs_5its"),  # same budget
+    ("nnUNetTrainerMeanTeacher_halfUnlabeled", {}, "_exportTeacher_consistency1_halfUnlabeled"),
+    ("nnUNetTrainerMeanTeacher_exportStudent", {}, ""),  # weight 1 and noisy views: no variant has them
+    ("nnUNetTrainerSCDL", {"settings": {"exported_network": "teacher", **NOISY}}, ""),  # not a Mean Teacher name
+    ])
 def test_resuming_a_run_started_with_other_views_is_logged(trainer_name, saved, variant):
     """A checkpoint from before the weak-to-strong views became Mean Teacher's default resumes with them, logged
     with the variant that continues it as started."""
     logged = resume_warnings(trainer_name, saved)
     assert len(logged) == (variant is not None)
-    assert all("unlabeled_weak_views = 0" in line and f"nnUNetTrainerMeanTeacher{variant} and" in line
-               for line in logged)
+    named = f"nnUNetTrainerMeanTeacher{variant} and" if variant else "a variant with the former settings and"
+    assert all(line.startswith("WARNING: this run was started with ") and named in line for line in logged)
 
 
 @pytest.mark.parametrize("saved, warned", [({"exported": "student", "teacher": {}}, True),
@@ -244,7 +248,8 @@ def test_resuming_a_run_started_with_other_views_is_logged(trainer_name, saved, 
                                            ({"settings": {"exported_network": "student"}}, True),
                                            ({"settings": {}}, False)])
 def test_resuming_a_run_started_with_the_other_export_is_logged(saved, warned):
-    """A checkpoint from before Mean Teacher's defaults changed (student exported) resumes under the new default."""
+    """A run started exporting the student resumes exporting the teacher, logged (the views are unchanged here)."""
     logged = resume_warnings("nnUNetTrainerMeanTeacher_noisyTeacherView", saved)
     assert len(logged) == warned
-    assert all("exported_network = 'student'" in line and "_ssl4mis and" in line for line in logged)
+    assert all("exported_network = 'student'" in line and "a variant with the former settings" in line
+               for line in logged)  # no variant of _noisyTeacherView exports the student

@@ -30,6 +30,12 @@ BUDGET_NAME = re.compile(r"(?P<base>\w+?)(?P<budget>_(?P<epochs>\d+)epochs(?:_(?
 VALIDATION_ITERATIONS_PER_TRAINING_ITERATION = 50 / 250
 
 
+def split_budget(trainer_name: str) -> tuple[str, str]:
+    """``'X_20epochs_50its'`` -> ``('X', '_20epochs_50its')``; a name without a budget -> ``(name, '')``."""
+    match = BUDGET_NAME.fullmatch(trainer_name)
+    return (match["base"], match["budget"]) if match else (trainer_name, "")
+
+
 class ClassHyperparameters:
     """Mixin for nnU-Net trainers: class attributes named like nnU-Net hyperparameters take effect."""
 

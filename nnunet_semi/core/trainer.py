@@ -22,7 +22,7 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_semi.core.frozen import keep_frozen_parts_out_of_ddp, trainable_parameters
-from nnunet_semi.core.hyperparameters import BUDGET_NAME, ClassHyperparameters
+from nnunet_semi.core.hyperparameters import ClassHyperparameters, split_budget
 from nnunet_semi.core.logging import SemiLocalLogger
 from nnunet_semi.core.rampup import RAMPUPS
 from nnunet_semi.core.teacher import EMATeacher, unwrap_network
@@ -564,7 +564,9 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         return {"exported_network": state["exported"]} if "teacher" in state and "exported" in state else {}
 
     def variant_started_with(self, settings: dict) -> str | None:
-        """A trainer whose defaults are ``settings`` (a checkpoint's), named in the resume warning; None: no such."""
+        """The variant (without budget suffix) that continues this trainer's run started with ``settings``, named in
+        the resume warning. Only the recorded settings are known, so an override names a variant only where it
+        knows the unrecorded attributes match too (the trainer's own former defaults); None: no such variant."""
         return None
 
     def warn_if_settings_changed(self, state: dict) -> None:
@@ -575,8 +577,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
             return
         former = ", ".join(f"{name} = {then[name]!r}" for name in changed)
         variant = self.variant_started_with({**now, **then})
-        budget = BUDGET_NAME.fullmatch(type(self).__name__)
-        variant = variant and variant + (budget["budget"] if budget else "")
+        variant = variant and variant + split_budget(type(self).__name__)[1]
         self.print_to_log_file(
             f"WARNING: this run was started with {former}; {self.__class__.__name__} uses "
             f"{', '.join(f'{name} = {now[name]!r}' for name in changed)} from now on (its defaults changed since). "

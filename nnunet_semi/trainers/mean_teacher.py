@@ -4,7 +4,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nnunet_semi.core.hyperparameters import split_budget
 from nnunet_semi.core.trainer import Batch, nnUNetTrainerSemi
+
+# (trainer, exported_network then) of a run started with the noisy views -> the variant that continues it as started
+FORMER_DEFAULTS = {
+    ("nnUNetTrainerMeanTeacher", "student"): "nnUNetTrainerMeanTeacher_ssl4mis",  # also weight 0.1 then
+    ("nnUNetTrainerMeanTeacher", "teacher"): "nnUNetTrainerMeanTeacher_exportTeacher_consistency1",
+    ("nnUNetTrainerMeanTeacher_halfUnlabeled", "teacher"):
+        "nnUNetTrainerMeanTeacher_exportTeacher_consistency1_halfUnlabeled",
+}
 
 
 def noised(x: torch.Tensor, std: float) -> torch.Tensor:
@@ -87,11 +96,11 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         return {**settings, **state.get("unlabeled_views", inferred)}
 
     def variant_started_with(self, settings: dict) -> str | None:
-        """Mean Teacher's former defaults: the noisy views, before that also the student exported."""
+        """For the defaults and ``_halfUnlabeled``: the variants with their former defaults (the noisy views; before
+        weight 1 also the student exported, at weight 0.1)."""
         noisy = settings.get("unlabeled_weak_views") == 0 and settings.get("teacher_noise_std") == 0.1
-        if settings.get("exported_network") == "student":
-            return "nnUNetTrainerMeanTeacher_ssl4mis" if noisy else "nnUNetTrainerMeanTeacher_exportStudent"
-        return "nnUNetTrainerMeanTeacher_exportTeacher_consistency1" if noisy else None
+        trainer = split_budget(type(self).__name__)[0]
+        return FORMER_DEFAULTS.get((trainer, settings.get("exported_network"))) if noisy else None
 
     def teacher_and_student_views(self, unlabeled: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher's view, student's view) of the unlabeled crops, each (B, C, *patch); with
