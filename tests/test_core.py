@@ -118,6 +118,22 @@ def test_mean_teacher_gives_the_weak_view_to_the_teacher_unless_a_variant_keeps_
         assert torch.allclose(seen["teacher"], strong, atol=2 * trainer.teacher_noise_std)
 
 
+def test_confidence_masked_mse_counts_unconfident_voxels_as_zero():
+    """Two voxels, two classes: the teacher is sure of the first (0.96) and not of the second (0.6). Squared
+    differences (0.96 - 0.5)^2 = 0.2116 twice at the first voxel, (0.6 - 0.2)^2 = 0.16 twice at the second; mean over
+    the 4 entries: plain MSE (0.4232 + 0.32) / 4 = 0.1858, masked at 0.95 0.4232 / 4 = 0.1058, half the voxels kept."""
+    from nnunet_semi.trainers.mean_teacher import confidence_masked_mse
+    teacher = torch.tensor([[[0.96, 0.6], [0.04, 0.4]]])  # (B=1, C=2, 2 voxels)
+    student = torch.tensor([[[0.5, 0.2], [0.5, 0.8]]])
+    plain, kept_all = confidence_masked_mse(student, teacher, 0.0, has_regions=False)
+    assert plain.item() == pytest.approx(0.1858) and kept_all.item() == 1.0
+    assert plain.item() == pytest.approx(torch.nn.functional.mse_loss(student, teacher).item())
+    masked, kept = confidence_masked_mse(student, teacher, 0.95, has_regions=False)
+    assert masked.item() == pytest.approx(0.1058) and kept.item() == 0.5
+    regions, _ = confidence_masked_mse(student, teacher, 0.95, has_regions=True)  # least sure region: 0.96 | 0.6
+    assert regions.item() == pytest.approx(0.1058)
+
+
 # ---------------------------------------------------------------- hyperparameters
 class _Recorder(nnUNetTrainer):
     """Stands in for nnUNetTrainer.__init__: sets nnU-Net's defaults as instance attributes."""
@@ -168,6 +184,7 @@ def test_mean_teacher_defaults_and_the_settings_measured_variants_keep():
 
     assert setting(nnUNetTrainerMeanTeacher) == setting(nnUNetTrainerMeanTeacher_weakTeacherView)
     assert setting(nnUNetTrainerMeanTeacher) == (1.0, "teacher", 1, 0.0)
+    assert nnUNetTrainerMeanTeacher.consistency_confidence_threshold == 0.0  # every voxel
     assert setting(nnUNetTrainerMeanTeacher_exportTeacher_consistency1) == (1.0, "teacher", 0, 0.1)
     assert setting(nnUNetTrainerSCDL_exportTeacher_consistency1) == (1.0, "teacher", 0, 0.1)
     assert setting(nnUNetTrainerMeanTeacher_ssl4mis) == setting(nnUNetTrainerSCDL) == (0.1, "student", 0, 0.1)
@@ -242,7 +259,9 @@ def test_semi_logger_logs_terms_and_appends_panel(tmp_path):
     restored = SemiLocalLogger(LocalLogger(), ("loss_consistency", "new_term"))
     restored.load_checkpoint(logger.get_checkpoint())
     assert restored.get_value("loss_consistency", None) == [0.0, 0.1]
-    assert restored.get_value("new_term", None) == []
+    assert [math.isnan(v) for v in restored.get_value("new_term", None)] == [True, True]  # added since: NaN
+    restored.log("new_term", 0.3, 2)
+    assert restored.get_value("new_term", None)[2] == 0.3  # the resumed epoch's value sits at its epoch
 
 
 class _Loop:

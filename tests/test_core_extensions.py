@@ -132,6 +132,7 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerUniMatch, {"warmup_fraction": -0.1}, "warmup_fraction"),
     (nnUNetTrainerMeanTeacher, {"unlabeled_weak_views": 3}, "unlabeled_weak_views"),
     (nnUNetTrainerMeanTeacher, {"unlabeled_weak_views": 2}, "0 or 1"),
+    (nnUNetTrainerMeanTeacher, {"consistency_confidence_threshold": 1.0}, "consistency_confidence_threshold"),
 ])
 def test_bad_hyperparameters_stop_at_construction(trainer_class, attributes, message):
     with pytest.raises(UserError, match=message):

@@ -31,8 +31,10 @@ def test_2d_mean_teacher_trains_resumes_and_predicts(toy_2d):
     assert final["trainer_name"] == trainer and final["current_epoch"] == 4
     assert final["semi_state"]["global_step"] == 4 * 3  # the step counter continued where it stopped
     assert set(final["semi_state"]["teacher"]) == set(final["network_weights"])
-    assert_terms_logged(final, ("loss_supervised", "loss_consistency", "consistency_weight", "train_losses"), 4)
+    assert_terms_logged(final, ("loss_supervised", "loss_consistency", "consistency_weight", "confident_fraction",
+                                "train_losses"), 4)
     assert np.all(np.isfinite(final["logging"]["loss_consistency"]))
+    assert final["logging"]["confident_fraction"] == [1.0] * 4  # threshold 0 by default: every voxel
     newest_log = max(fold_dir.glob("training_log_*.txt"), key=os.path.getmtime).read_text()
     assert f"Epoch {interrupted['current_epoch']}" in newest_log and "Epoch 0\n" not in newest_log
     assert final["semi_state"]["settings"] == {"exported_network": "teacher", "unlabeled_weak_views": 1,

@@ -12,12 +12,12 @@ from nnunet_semi.components.pseudo_label_rounds import (
     PseudoLabeledDataset,
     PseudoLabelStore,
     RoundwisePolyLRScheduler,
-    confidence,
     foreground_locations,
     pseudo_label,
     round_of_epoch,
     round_start_epochs,
 )
+from nnunet_semi.components.pseudo_labels import confidence
 from nnunet_semi.files import temporary_files
 
 

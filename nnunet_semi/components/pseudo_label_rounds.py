@@ -14,6 +14,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from torch import distributed as dist
 from tqdm import tqdm
 
+from nnunet_semi.components.pseudo_labels import confidence
 from nnunet_semi.core.trainer import ScaledPolyLRScheduler
 from nnunet_semi.files import write_atomic
 
@@ -49,14 +50,6 @@ class RoundwisePolyLRScheduler(ScaledPolyLRScheduler):
         end = self.starts[r + 1] if r + 1 < len(self.starts) else self.num_epochs
         self.max_steps = end - self.starts[r]
         super().step(current_step - self.starts[r])
-
-
-def confidence(probabilities: torch.Tensor, has_regions: bool) -> torch.Tensor:
-    """(C, *spatial) probabilities -> (*spatial) confidence: the winning class's probability (softmax), or for
-    regions (sigmoid) the least certain region's max(p, 1 - p)."""
-    if has_regions:
-        return torch.maximum(probabilities, 1 - probabilities).amin(0)
-    return probabilities.amax(0)
 
 
 def foreground_locations(segmentation: np.ndarray, label_manager: LabelManager) -> dict:

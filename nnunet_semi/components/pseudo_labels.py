@@ -31,6 +31,14 @@ def filtered_hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
     return one_hot.movedim(-1, 1).float()
 
 
+def confidence(probabilities: torch.Tensor, has_regions: bool, class_dim: int = 0) -> torch.Tensor:
+    """Probabilities with classes (or regions) along ``class_dim`` -> confidence, that dimension removed: the
+    winning class's probability (softmax), or for regions (sigmoid) the least certain region's max(p, 1 - p)."""
+    if has_regions:
+        return torch.maximum(probabilities, 1 - probabilities).amin(class_dim)
+    return probabilities.amax(class_dim)
+
+
 def confident_pseudo_labels(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, *spatial) logits -> hard pseudo-labels (B, 1, *spatial) (argmax of the softmax, no gradient) and the
     float mask (B, 1, *spatial) of voxels whose top probability is at least ``threshold``."""

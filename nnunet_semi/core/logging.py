@@ -27,8 +27,10 @@ class SemiLocalLogger(LocalLogger):
         self._add_terms()
 
     def _add_terms(self) -> None:
+        """Terms a loaded checkpoint lacks (added to the trainer since it was written) are NaN for its epochs."""
+        epochs = len(self.my_fantastic_logging.get("epoch_end_timestamps", []))
         for term in self.terms:
-            self.my_fantastic_logging.setdefault(term, [])
+            self.my_fantastic_logging.setdefault(term, [float("nan")] * epochs)
 
     def load_checkpoint(self, checkpoint: dict) -> None:
         super().load_checkpoint(checkpoint)

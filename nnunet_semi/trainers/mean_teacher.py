@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from nnunet_semi.components.pseudo_labels import confidence
 from nnunet_semi.core.hyperparameters import split_budget
 from nnunet_semi.core.trainer import Batch, nnUNetTrainerSemi
 
@@ -19,6 +19,16 @@ FORMER_DEFAULTS = {
 def noised(x: torch.Tensor, std: float) -> torch.Tensor:
     """x + clip(N(0, std^2), -2 std, 2 std): the input noise of the SSL4MIS Mean Teacher baseline."""
     return x + torch.clamp(torch.randn_like(x) * std, -2 * std, 2 * std)
+
+
+def confidence_masked_mse(student: torch.Tensor, teacher: torch.Tensor, threshold: float,
+                          has_regions: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared difference of the student's and the teacher's probabilities (B, C, *spatial), over every voxel
+    and class, with the voxels where the teacher's confidence is below ``threshold`` counted as 0 (FixMatch's mask
+    1(max q >= tau), normalised by all voxels as FixMatch and UniMatch do). Threshold 0: Mean Teacher's plain MSE.
+    Returns (loss, the fraction of voxels kept)."""
+    kept = (confidence(teacher, has_regions, class_dim=1) >= threshold).unsqueeze(1).float()  # (B, 1, *spatial)
+    return ((student - teacher) ** 2 * kept).mean(), kept.mean()
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
@@ -43,6 +53,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     Steps without unlabeled views (a ``warmup_fraction`` > 0, or ``_labeledOnly``) optimise the supervised loss only.
     ``ema_decay_after_rampup`` (None: ``ema_decay`` throughout) is the decay once the consistency ramp-up is over:
     Tarvainen & Valpola's released code uses 0.99 during the ramp-up and 0.999 after it, ``_ema999AfterRampup``.
+    ``consistency_confidence_threshold`` (0: every voxel) leaves voxels where the teacher is less sure out of the
+    consistency term (:func:`confidence_masked_mse`, ``_confidenceMasked``).
     """
 
     ema_decay = 0.99
@@ -53,8 +65,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     consistency_rampup = "sigmoid"
     consistency_rampup_fraction = 0.25
     teacher_noise_std = 0.0
+    consistency_confidence_threshold = 0.0
     exported_network = "teacher"
-    train_terms = ("loss_supervised", "loss_consistency", "consistency_weight")
+    train_terms = ("loss_supervised", "loss_consistency", "consistency_weight", "confident_fraction")
 
     def validate_hyperparameters(self) -> None:
         super().validate_hyperparameters()
@@ -64,6 +77,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         self.require("consistency_weight", self.consistency_weight >= 0, ">= 0")
         self.require_rampup("consistency_rampup", "consistency_rampup_fraction")
         self.require("teacher_noise_std", self.teacher_noise_std >= 0, ">= 0")
+        self.require("consistency_confidence_threshold", 0 <= self.consistency_confidence_threshold < 1,
+                     "in [0, 1) (0: every voxel)")
         self.require("ema_decay_after_rampup",
                      self.ema_decay_after_rampup is None or 0 <= self.ema_decay_after_rampup < 1, "None or in [0, 1)")
 
@@ -117,10 +132,13 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         loss_supervised = self.loss(labeled_outputs, labeled["target"])
         with torch.no_grad():
             teacher_logits = self.teacher(noised(teacher_view, self.teacher_noise_std))
-        loss_consistency = F.mse_loss(self.probabilities(student_logits), self.probabilities(teacher_logits))
+        loss_consistency, kept = confidence_masked_mse(
+            self.probabilities(student_logits), self.probabilities(teacher_logits),
+            self.consistency_confidence_threshold, self.label_manager.has_regions)
         weight = self.current_consistency_weight()
         return {"loss": loss_supervised + weight * loss_consistency, "loss_supervised": loss_supervised,
-                "loss_consistency": loss_consistency, "consistency_weight": torch.tensor(weight)}
+                "loss_consistency": loss_consistency, "consistency_weight": torch.tensor(weight),
+                "confident_fraction": kept}
 
 
 class nnUNetTrainerMeanTeacher_noisyTeacherView(nnUNetTrainerMeanTeacher):
@@ -203,6 +221,14 @@ class nnUNetTrainerMeanTeacher_exportTeacher_consistency10(nnUNetTrainerMeanTeac
     against vanilla)."""
 
     consistency_weight = 10.0
+
+
+class nnUNetTrainerMeanTeacher_confidenceMasked(nnUNetTrainerMeanTeacher):
+    """Pseudo-label confidence filtering on the defaults: voxels where the teacher's top probability (its weak
+    view's) is below 0.95, UniMatch's threshold, add nothing to the consistency term (``confident_fraction`` logs
+    the share kept). Not yet measured."""
+
+    consistency_confidence_threshold = 0.95
 
 
 class nnUNetTrainerMeanTeacher_ema999AfterRampup(nnUNetTrainerMeanTeacher_noisyTeacherView):
