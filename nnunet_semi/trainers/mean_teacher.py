@@ -21,6 +21,11 @@ def noised(x: torch.Tensor, std: float) -> torch.Tensor:
     return x + torch.clamp(torch.randn_like(x) * std, -2 * std, 2 * std)
 
 
+def view_settings(trainer: nnUNetTrainerMeanTeacher | type) -> dict:
+    """The attributes that decide Mean Teacher's two views, of a trainer or trainer class."""
+    return {"unlabeled_weak_views": trainer.unlabeled_weak_views, "teacher_noise_std": trainer.teacher_noise_std}
+
+
 def confidence_masked_mse(student: torch.Tensor, teacher: torch.Tensor, threshold: float,
                           has_regions: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean squared difference of the student's and the teacher's probabilities (B, C, *spatial), over every voxel
@@ -101,8 +106,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         super().after_optimizer_step()
 
     def recorded_settings(self) -> dict:
-        views = {"unlabeled_weak_views": self.unlabeled_weak_views, "teacher_noise_std": self.teacher_noise_std}
-        return {**super().recorded_settings(), **(views if self.uses_unlabeled_batches else {})}
+        return {**super().recorded_settings(), **(view_settings(self) if self.uses_unlabeled_batches else {})}
 
     def settings_in_checkpoint(self, state: dict) -> dict:
         """Checkpoints written before settings were recorded had the noisy views (the former default) unless
@@ -111,13 +115,15 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         if "settings" in state:
             return settings
         weak = isinstance(self, nnUNetTrainerMeanTeacher_weakTeacherView)
-        inferred = {"unlabeled_weak_views": int(weak), "teacher_noise_std": 0.0 if weak else 0.1}
+        inferred = view_settings(nnUNetTrainerMeanTeacher_weakTeacherView if weak else
+                                 nnUNetTrainerMeanTeacher_noisyTeacherView)
         return {**settings, **state.get("unlabeled_views", inferred)}
 
     def variant_started_with(self, settings: dict) -> str | None:
         """For the defaults and ``_halfUnlabeled``: the variants with their former defaults (the noisy views; before
         weight 1 also the student exported, at weight 0.1)."""
-        noisy = settings.get("unlabeled_weak_views") == 0 and settings.get("teacher_noise_std") == 0.1
+        noisy = all(settings.get(name) == value
+                    for name, value in view_settings(nnUNetTrainerMeanTeacher_noisyTeacherView).items())
         trainer = split_budget(type(self).__name__)[0]
         return FORMER_DEFAULTS.get((trainer, settings.get("exported_network"))) if noisy else None
 
