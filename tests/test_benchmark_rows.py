@@ -36,12 +36,15 @@ def test_supervised_trainers_train_on_the_labeled_twin(nnunet_folders):
     """Regression: ``-tr nnUNetTrainer`` trained vanilla nnU-Net on the semi-supervised dataset, whose unlabeled cases
     carry only the ignore label, next to the real reference."""
     make_semi_manifest(nnunet_folders["nnUNet_raw"])
-    runs = benchmark_runs(["Dataset005_Semi"], ["nnUNetTrainer", "nnUNetTrainerDA5", "nnUNetTrainerMeanTeacher"],
+    runs = benchmark_runs(["Dataset005_Semi"], ["nnUNetTrainer", "nnUNetTrainerDA5", "nnUNetTrainerMeanTeacher",
+                                                "nnUNetTrainerEMA", "nnUNetTrainerMeanTeacher_labeledOnly"],
                           TrainingBudget(2, 5), with_upper_bound=False)
     assert [(r.role, r.dataset, r.trainer) for r in runs] == [
         ("reference", "Dataset006_SemiLabeled", "nnUNetTrainer_2epochs_5its"),
         ("method", "Dataset006_SemiLabeled", "nnUNetTrainerDA5_2epochs_5its"),
-        ("method", "Dataset005_Semi", "nnUNetTrainerMeanTeacher_2epochs_5its")]
+        ("method", "Dataset005_Semi", "nnUNetTrainerMeanTeacher_2epochs_5its"),
+        ("method", "Dataset006_SemiLabeled", "nnUNetTrainerEMA_2epochs_5its"),  # ours, but reads no unlabeled case
+        ("method", "Dataset006_SemiLabeled", "nnUNetTrainerMeanTeacher_labeledOnly_2epochs_5its")]
 
 
 def test_unknown_trainer_or_configuration_stops_before_any_training(nnunet_folders, monkeypatch):

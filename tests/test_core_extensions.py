@@ -18,6 +18,7 @@ from nnunet_semi.errors import UserError
 from nnunet_semi.trainers import (
     TRAINERS,
     nnUNetTrainerCPS,
+    nnUNetTrainerEMA,
     nnUNetTrainerMeanTeacher,
     nnUNetTrainerSCDL,
     nnUNetTrainerSCDL_CPS,
@@ -133,6 +134,8 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerMeanTeacher, {"unlabeled_weak_views": 3}, "unlabeled_weak_views"),
     (nnUNetTrainerMeanTeacher, {"unlabeled_weak_views": 2}, "0 or 1"),
     (nnUNetTrainerMeanTeacher, {"consistency_confidence_threshold": 1.0}, "consistency_confidence_threshold"),
+    (nnUNetTrainerMeanTeacher, {"reads_unlabeled_cases": False}, "reads_unlabeled_cases"),
+    (nnUNetTrainerEMA, {"ema_decay": None}, "ema_decay"),  # exports the teacher, so it needs one
 ])
 def test_bad_hyperparameters_stop_at_construction(trainer_class, attributes, message):
     with pytest.raises(UserError, match=message):

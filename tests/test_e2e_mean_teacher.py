@@ -48,6 +48,23 @@ def test_2d_mean_teacher_trains_resumes_and_predicts(toy_2d):
     assert len(predicted) == len(list(images.glob("*.png"))) > 0
     assert set(np.unique(np.asarray(Image.open(predicted[0])))) <= {0, 1, 2}
 
+def test_ema_trains_where_vanilla_does_and_exports_its_average(toy_2d):
+    """nnUNetTrainerEMA on the labeled-only twin, a dataset without unlabeled cases: nnU-Net's own split, the weight
+    average exported, validated and used by stock nnUNetv2_predict."""
+    trainer, dataset = "nnUNetTrainerEMA_2epochs_3its", "Dataset503_ToySemi6Labeled"
+    toy_2d.train(503, "2d", trainer, "--npz")
+    final = toy_2d.checkpoint(dataset, trainer, "2d")
+    semi = final["semi_state"]
+    assert final["current_epoch"] == 2 and semi["global_step"] == 6
+    assert semi["exported"] == "teacher" and semi["settings"] == {"exported_network": "teacher"}
+    assert all(torch.equal(final["network_weights"][k], v) for k, v in semi["teacher"].items())
+    assert any(not torch.equal(semi["student"][k], v) for k, v in semi["teacher"].items())  # an average, not a copy
+    splits = json.loads((toy_2d.folders["nnUNet_preprocessed"] / dataset / "splits_final.json").read_text())
+    assert len(splits) == 5 and sorted(splits[0]["train"] + splits[0]["val"]) == sorted(
+        p.name[:-len(".png")] for p in (toy_2d.folders["nnUNet_raw"] / dataset / "labelsTr").glob("*.png"))
+    assert_stock_prediction_matches_validation(toy_2d, dataset, 503, trainer)
+
+
 def test_extension_points_train_resume_and_predict_identically(toy_2d):
     """A trainer built on the core's hooks trains, resumes bit-exactly with --c and predicts through stock
     nnUNetv2_predict exactly what its own final validation predicted (with the exported teacher)."""

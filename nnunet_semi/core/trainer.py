@@ -131,6 +131,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
       nnU-Net prints belong to the network ``nnUNetv2_predict`` uses. The other network is kept in ``semi_state``.
     * ``uses_unlabeled_batches = False``: no unlabeled loader; the method uses the unlabeled cases in its own way
       (SSGNet's pseudo-label rounds add them to nnU-Net's training dataset, see :meth:`get_tr_and_val_datasets`).
+      ``reads_unlabeled_cases = False`` as well: a supervised trainer (``nnUNetTrainerEMA``) that runs on any
+      nnU-Net dataset, and on a semi-supervised one trains on its labeled cases only.
     * :meth:`validate_hyperparameters` checks class attributes at construction.
 
     Checkpoints keep nnU-Net's layout plus ``semi_state`` (step counter, teacher, extra modules, which network was
@@ -147,6 +149,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     extra_module_lr_scale: dict[str, float] = {}
     train_terms: tuple[str, ...] = ()
     uses_unlabeled_batches: bool = True
+    reads_unlabeled_cases: bool = True
     save_every = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -175,6 +178,8 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
                      "'student' for a trainer without EMA teacher (ema_decay is None)")
         self.require("extra_module_lr_scale", all(v > 0 for v in self.extra_module_lr_scale.values()),
                      "a dict of positive learning-rate multipliers")
+        self.require("reads_unlabeled_cases", self.reads_unlabeled_cases or not self.uses_unlabeled_batches,
+                     "True for a trainer that draws unlabeled batches (uses_unlabeled_batches)")
 
     # ------------------------------------------------------------------ cases and data
     @functools.cached_property
@@ -193,7 +198,10 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
     def do_split(self):
         """nnU-Net's split restricted to labeled cases; every unlabeled case of the dataset is trained on (also
         unlabeled cases added after the split was written, e.g. synthetic ones). Checked before nnU-Net's split,
-        which would write a random ``splits_final.json`` for a dataset without labeled cases."""
+        which would write a random ``splits_final.json`` for a dataset without labeled cases. A trainer that does
+        not read unlabeled cases gets nnU-Net's split on a dataset without them."""
+        if not self.unlabeled_keys and not self.reads_unlabeled_cases:
+            return super().do_split()
         if not self.unlabeled_keys:
             raise RuntimeError(f"{self.__class__.__name__} needs unlabeled cases (label files that are entirely the "
                                f"ignore label) and found none in {self.preprocessed_dataset_folder}.")

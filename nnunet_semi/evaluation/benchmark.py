@@ -2,11 +2,11 @@
 
 For each semi-supervised dataset made by ``make-semi`` (several give the Dice-versus-labeled-fraction plot) the rows
 are: vanilla nnU-Net on the labeled-only twin (the reference), every requested semi-supervised trainer on the
-semi-supervised dataset, every requested supervised trainer (nnU-Net's own variants, e.g. ``nnUNetTrainerDA5``) on
-the labeled-only twin (the unlabeled cases of the semi-supervised dataset carry only the ignore label) and, when the
-dataset has a fully labeled twin, vanilla nnU-Net on it (the upper bound). All datasets must share their plans
-(``nnunet-semi plan`` ensures it); all share their validation folds. Trainings run through the
-unmodified ``nnUNetv2_train`` (finished folds are skipped, interrupted ones resumed with ``--c``), test sets are
+semi-supervised dataset, every requested supervised trainer (nnU-Net's own variants, e.g. ``nnUNetTrainerDA5``, and
+``nnUNetTrainerEMA``) on the labeled-only twin (the unlabeled cases of the semi-supervised dataset carry only the
+ignore label) and, when the dataset has a fully labeled twin, vanilla nnU-Net on it (the upper bound). All
+datasets must share their plans (``nnunet-semi plan`` ensures it); all share their validation folds. Trainings run
+through the unmodified ``nnUNetv2_train`` (finished folds are skipped, interrupted ones resumed with ``--c``), test sets are
 predicted with ``nnUNetv2_predict``, and the report is written only when everything has been evaluated.
 """
 from __future__ import annotations
@@ -89,10 +89,11 @@ def resolve_trainer(name: str) -> type | None:
 
 
 def is_supervised(trainer: str) -> bool:
-    """A known trainer that never reads unlabeled cases (not one of our semi-supervised ones)."""
+    """A known trainer that never reads unlabeled cases: not one of our semi-supervised ones, or one of ours that
+    declares so (``reads_unlabeled_cases = False``, e.g. ``nnUNetTrainerEMA``)."""
     from nnunet_semi.core.trainer import nnUNetTrainerSemi
     found = resolve_trainer(trainer)
-    return found is not None and not issubclass(found, nnUNetTrainerSemi)
+    return found is not None and (not issubclass(found, nnUNetTrainerSemi) or not found.reads_unlabeled_cases)
 
 
 def benchmark_runs(semi_datasets: list[str], trainers: list[str], budget: TrainingBudget | None,
@@ -445,7 +446,8 @@ def register(subparsers) -> None:
     parser.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default 2d)")
     parser.add_argument("-tr", "--trainers", nargs="+", default=["nnUNetTrainerMeanTeacher"],
                         help="trainers to compare with vanilla nnU-Net (default: Mean Teacher); supervised ones "
-                             "(e.g. nnUNetTrainerDA5) train on the labeled-only twin, vanilla is always the reference")
+                             "(e.g. nnUNetTrainerDA5, nnUNetTrainerEMA) train on the labeled-only twin, vanilla is "
+                             "always the reference")
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
                         help="cross-validation folds; each fold's model also predicts the test set (default 0-4)")
     parser.add_argument("-o", "--output", required=True, help="report folder (also holds logs and test predictions)")
