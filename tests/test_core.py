@@ -23,6 +23,7 @@ from nnunet_semi.core.teacher import EMATeacher, unwrap_network
 from nnunet_semi.core.time_limit import STOP_TRAINING_AT_VARIABLE, WallClockLimit, read_training_summary
 from nnunet_semi.core.unlabeled import UnlabeledViews, is_unlabeled_case, split_geometric_and_photometric, split_views
 from nnunet_semi.trainers import budget_variant_from_name, nnUNetTrainerMeanTeacher
+from nnunet_semi.trainers.ema import nnUNetTrainerEMA
 from nnunet_semi.trainers.mean_teacher import nnUNetTrainerMeanTeacher_labeledOnly
 from nnunet_semi.trainers.unimatch import nnUNetTrainerUniMatch
 
@@ -195,7 +196,7 @@ def test_mean_teacher_defaults_and_the_settings_measured_variants_keep():
 
 
 @pytest.mark.parametrize("trainer_class", [nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_labeledOnly,
-                                           nnUNetTrainerUniMatch])
+                                           nnUNetTrainerUniMatch, nnUNetTrainerEMA])
 def test_steps_without_unlabeled_views_are_supervised_only(trainer_class):
     """Before ``unlabeled_start_step``, or in a variant without unlabeled batches, the core passes no views."""
     trainer = object.__new__(trainer_class)
@@ -206,7 +207,7 @@ def test_steps_without_unlabeled_views_are_supervised_only(trainer_class):
     terms = trainer.compute_train_losses(labeled, ())
     expected = (trainer.network(labeled["data"]) - 1).abs().mean()
     assert terms["loss"].item() == terms["loss_supervised"].item() == pytest.approx(expected.item())
-    assert set(terms) == {"loss", *trainer_class.train_terms}
+    assert set(terms) == {"loss", "loss_supervised", *trainer_class.train_terms}
     assert all(math.isnan(terms[t]) for t in trainer_class.train_terms if t != "loss_supervised")
 
 

@@ -213,9 +213,10 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         unlabeled = set(self.unlabeled_keys)
         moved = sorted(k for k in val_keys if k in unlabeled)
         if moved:
+            fate = "they are trained on instead" if self.reads_unlabeled_cases else "this trainer leaves them out"
             self.print_to_log_file(f"WARNING: {len(moved)} unlabeled cases were in validation fold {self.fold}; "
-                                   f"they are trained on instead. Write semi-supervised splits with "
-                                   f"'nnunet-semi make-semi' or 'nnunet-semi splits'.")
+                                   f"{fate}. Write semi-supervised splits with 'nnunet-semi make-semi' or "
+                                   f"'nnunet-semi splits'.")
         labeled_tr = [k for k in tr_keys if k not in unlabeled]
         labeled_val = [k for k in val_keys if k not in unlabeled]
         if not labeled_tr or not labeled_val:
@@ -229,7 +230,7 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         it would be normalised over the whole image while labeled cases use the mask. Refuse instead of training
         on two different intensity scales."""
         channels = [c for c, masked in enumerate(self.configuration_manager.use_mask_for_norm) if masked]
-        if channels and self.unlabeled_keys:
+        if channels and self.unlabeled_keys and self.reads_unlabeled_cases:
             raise UserError(
                 f"The plans of configuration '{self.configuration_name}' set use_mask_for_norm for channel(s) "
                 f"{channels} (nnU-Net does this for images with a zero background, e.g. skull-stripped MRI). "
