@@ -239,7 +239,9 @@ class nnUNetTrainerMeanTeacher_exportTeacher_consistency10(nnUNetTrainerMeanTeac
 class nnUNetTrainerMeanTeacher_confidenceMasked(nnUNetTrainerMeanTeacher):
     """Pseudo-label confidence filtering on the defaults: voxels where the teacher's top probability (its weak
     view's) is below 0.95, UniMatch's threshold, add nothing to the consistency term (``confident_fraction`` logs
-    the share kept). Not yet measured."""
+    the share kept). Kvasir-SEG 10 %, 1000 iterations, folds 0-2: 57.39 +- 1.64, -0.32 [-3.39, +2.75] against the
+    defaults and -0.33 [-1.82, +1.16] against ``_labeledOnly``: the mask drops the uncertain voxels, which carry most
+    of the soft-target signal (README)."""
 
     consistency_confidence_threshold = 0.95
 
