@@ -200,9 +200,9 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         unlabeled cases added after the split was written, e.g. synthetic ones). Checked before nnU-Net's split,
         which would write a random ``splits_final.json`` for a dataset without labeled cases. A trainer that does
         not read unlabeled cases gets nnU-Net's split on a dataset without them."""
-        if not self.unlabeled_keys and not self.reads_unlabeled_cases:
-            return super().do_split()
         if not self.unlabeled_keys:
+            if not self.reads_unlabeled_cases:
+                return super().do_split()
             raise RuntimeError(f"{self.__class__.__name__} needs unlabeled cases (label files that are entirely the "
                                f"ignore label) and found none in {self.preprocessed_dataset_folder}.")
         if set(self.case_keys) <= set(self.unlabeled_keys):
