@@ -240,10 +240,12 @@ def test_stale_staging_folders_are_removed_young_ones_reported(nnunet_folders, t
         (folder / "imagesTr").mkdir(parents=True)
     os.utime(stale, (0, 0))  # left by a run killed long ago
     writer = RawDatasetWriter(992, "Fresh", {"file_ending": ".png", "labels": {}, "channel_names": {}})
-    writer.discard()
-    assert not stale.exists() and young.exists()
     out = capsys.readouterr().out
     assert f"Removed {stale}" in out and f"{young} looks like a staging folder of another run" in out
+    twin = RawDatasetWriter(993, "FreshTwin", {"file_ending": ".png", "labels": {}, "channel_names": {}})
+    assert writer.folder.exists() and str(writer.folder) not in capsys.readouterr().out  # this run's own folder
+    writer.discard(), twin.discard()
+    assert not stale.exists() and young.exists()
 
 
 def test_leftover_temporary_files_of_a_killed_run_are_removed(tmp_path):

@@ -33,6 +33,7 @@ from nnunet_semi.errors import UserError
 from nnunet_semi.files import remove_stale, write_atomic
 
 STALE_STAGING_HOURS = 1.0  # staging folders older than this belong to a killed run
+RUN_TOKEN = uuid.uuid4().hex[:8]  # in this process's staging folder names: its own writers are not "another run"
 
 MANIFEST_FILE = "nnunet_semi.json"
 SYNTHETIC_PREFIX = "synth_"
@@ -177,8 +178,9 @@ class RawDatasetWriter:
         if self.final_folder.exists():
             raise UserError(f"{self.final_folder} already exists; nothing was written.")
         raw_root().mkdir(parents=True, exist_ok=True)
-        remove_stale(raw_root().glob(".Dataset*.staging-*"), STALE_STAGING_HOURS, "a staging folder")
-        self.folder = raw_root() / f".{self.name}.staging-{uuid.uuid4().hex[:8]}"
+        others = [p for p in raw_root().glob(".Dataset*.staging-*") if f"-{RUN_TOKEN}-" not in p.name]
+        remove_stale(others, STALE_STAGING_HOURS, "a staging folder")
+        self.folder = raw_root() / f".{self.name}.staging-{RUN_TOKEN}-{uuid.uuid4().hex[:8]}"
         self.folder.mkdir()
         self.dataset_json = dict(dataset_json)
         self.ending = dataset_json["file_ending"]
