@@ -119,6 +119,39 @@ def test_mean_teacher_gives_the_weak_view_to_the_teacher_unless_a_variant_keeps_
         assert torch.allclose(seen["teacher"], strong, atol=2 * trainer.teacher_noise_std)
 
 
+def test_mean_teacher_cutmix_mixes_the_student_view_and_the_teacher_targets_with_the_same_box():
+    """``_cutMix``, two unlabeled crops of 2 x 2 voxels. Both networks give logits (log 3 * x, 0), so a voxel of value
+    1 has probabilities (0.75, 0.25) and one of value 0 (0.5, 0.5). Crop 0 is 0 and crop 1 is 1 in both views; crop
+    0's box is its first voxel, where the student sees crop 1's value. Mixed targets agree with the student
+    everywhere (loss 0); unmixed targets would differ there by 0.25 per class, 2 * 0.0625 / 16 = 0.0078125."""
+    from types import SimpleNamespace
+
+    from nnunet_semi.components.mixing import next_sample
+    from nnunet_semi.trainers import nnUNetTrainerMeanTeacher_cutMix
+    trainer = object.__new__(nnUNetTrainerMeanTeacher_cutMix)
+    seen = {}
+
+    def logits(x):
+        return torch.cat((x * math.log(3), torch.zeros_like(x)), 1)
+
+    def network(x):
+        seen["student"] = x[1:]  # the labeled sample comes first
+        return logits(x)
+
+    boxes = torch.zeros(2, 1, 2, 2)
+    boxes[0, 0, 0, 0] = 1
+    trainer.cutmix_boxes = lambda views: (boxes, next_sample(views.shape[0]))
+    trainer.network, trainer.teacher, trainer.loss = network, logits, lambda outputs, target: outputs.mean() * 0
+    trainer.label_manager = SimpleNamespace(has_regions=False)
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.global_step = 1, 4, 4
+    crops = torch.stack((torch.zeros(1, 2, 2), torch.ones(1, 2, 2)))
+    losses = trainer.compute_train_losses({"data": torch.ones(1, 1, 2, 2), "target": None}, (crops, crops.clone()))
+    assert seen["student"][:, 0].tolist() == [[[1, 0], [0, 0]], [[1, 1], [1, 1]]]
+    assert losses["loss_consistency"].item() == pytest.approx(0.0, abs=1e-7)
+    unmixed = torch.nn.functional.mse_loss(torch.softmax(logits(seen["student"]), 1), torch.softmax(logits(crops), 1))
+    assert unmixed.item() == pytest.approx(0.0078125)
+
+
 def test_confidence_masked_mse_counts_unconfident_voxels_as_zero():
     """Two voxels, two classes: the teacher is sure of the first (0.96) and not of the second (0.6). Squared
     differences (0.96 - 0.5)^2 = 0.2116 twice at the first voxel, (0.6 - 0.2)^2 = 0.16 twice at the second; mean over
@@ -186,6 +219,7 @@ def test_mean_teacher_defaults_and_the_settings_measured_variants_keep():
     assert setting(nnUNetTrainerMeanTeacher) == setting(nnUNetTrainerMeanTeacher_weakTeacherView)
     assert setting(nnUNetTrainerMeanTeacher) == (1.0, "teacher", 1, 0.0)
     assert nnUNetTrainerMeanTeacher.consistency_confidence_threshold == 0.0  # every voxel
+    assert nnUNetTrainerMeanTeacher.cutmix_probability == 0.0  # no mixing
     assert setting(nnUNetTrainerMeanTeacher_exportTeacher_consistency1) == (1.0, "teacher", 0, 0.1)
     assert setting(nnUNetTrainerSCDL_exportTeacher_consistency1) == (1.0, "teacher", 0, 0.1)
     assert setting(nnUNetTrainerMeanTeacher_ssl4mis) == setting(nnUNetTrainerSCDL) == (0.1, "student", 0, 0.1)

@@ -135,6 +135,9 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerMeanTeacher, {"unlabeled_weak_views": 2}, "0 or 1"),
     (nnUNetTrainerMeanTeacher, {"consistency_confidence_threshold": 1.0}, "consistency_confidence_threshold"),
     (nnUNetTrainerMeanTeacher, {"reads_unlabeled_cases": False}, "reads_unlabeled_cases"),
+    (nnUNetTrainerMeanTeacher, {"cutmix_probability": 1.5}, "cutmix_probability"),
+    (nnUNetTrainerMeanTeacher, {"cutmix_volume_range": (0.6, 0.4)}, "cutmix_volume_range"),
+    (nnUNetTrainerMeanTeacher, {"cutmix_volume_range": (0.5,)}, "cutmix_volume_range"),
     (nnUNetTrainerEMA, {"ema_decay": None}, "ema_decay"),  # exports the teacher, so it needs one
 ])
 def test_bad_hyperparameters_stop_at_construction(trainer_class, attributes, message):

@@ -67,6 +67,18 @@ def test_ema_trains_where_vanilla_does_and_exports_its_average(toy_2d):
     assert_stock_prediction_matches_validation(toy_2d, dataset, 503, trainer)
 
 
+def test_cutmix_variant_trains_and_stock_predict_uses_its_teacher(toy_2d):
+    """``_cutMix`` through nnUNetv2_train on the semi-supervised toy dataset: a finite consistency term on the mixed
+    views, and stock nnUNetv2_predict giving what its final validation (the exported teacher) predicted."""
+    trainer, dataset = "nnUNetTrainerMeanTeacher_cutMix_2epochs_3its", "Dataset502_ToySemi6"
+    toy_2d.train(502, "2d", trainer, "--npz")
+    final = toy_2d.checkpoint(dataset, trainer, "2d")
+    assert final["current_epoch"] == 2 and final["semi_state"]["exported"] == "teacher"
+    assert_terms_logged(final, ("loss_supervised", "loss_consistency"), 2)
+    assert np.all(np.isfinite(final["logging"]["loss_consistency"]))
+    assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)
+
+
 def test_extension_points_train_resume_and_predict_identically(toy_2d):
     """A trainer built on the core's hooks trains, resumes bit-exactly with --c and predicts through stock
     nnUNetv2_predict exactly what its own final validation predicted (with the exported teacher)."""

@@ -16,11 +16,11 @@ from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from torch.nn.parallel import DistributedDataParallel
 
 from e2e_support import assert_terms_logged
-from nnunet_semi.components.mixing import cutmix_box_mask
+from nnunet_semi.components.mixing import cutmix_box_mask, next_sample, paste
 from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
 from nnunet_semi.core.unlabeled import UnlabeledViews, split_views
 from nnunet_semi.trainers.unimatch import (FeaturePerturbedNetwork, nnUNetTrainerUniMatch,
-                                           nnUNetTrainerUniMatch_noFP, paste)
+                                           nnUNetTrainerUniMatch_noFP)
 from test_ddp import _tiny_unet, gradients_are_rank_averages
 
 
@@ -57,7 +57,8 @@ def test_cutmix_boxes(shape):
 def test_paste_takes_the_partner_inside_the_box():
     x = torch.arange(2.0)[:, None, None, None].expand(2, 1, 2, 2)
     box = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 1.0]]]])
-    partner = torch.tensor([1, 0])
+    partner = next_sample(2)
+    assert partner.tolist() == [1, 0] and next_sample(3).tolist() == [1, 2, 0]
     assert paste(x, box, partner)[:, 0].tolist() == [[[1, 0], [0, 0]], [[1, 1], [1, 0]]]
 
 

@@ -46,6 +46,16 @@ def blend(outside: torch.Tensor, inside: torch.Tensor, alpha: torch.Tensor) -> t
     return alpha * outside + (1 - alpha) * inside
 
 
+def next_sample(batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B,) index of each sample's mixing partner: the next sample of the batch (the last one's is the first)."""
+    return torch.roll(torch.arange(batch_size, device=device), -1)
+
+
+def paste(x: torch.Tensor, box: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """CutMix: ``x[partner]`` inside ``box`` (B, 1, *spatial; 1 inside), ``x`` elsewhere. x (B, C, *spatial)."""
+    return torch.where(box.bool(), x[partner], x)
+
+
 def cutmix_box_mask(batch_size: int, spatial_shape: tuple[int, ...], probability: float = 0.5,
                     volume_range: tuple[float, float] = (0.02, 0.4), aspect_range: tuple[float, float] = (0.3, 1 / 0.3),
                     device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:

@@ -15,7 +15,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.helpers import softmax_helper_dim1
 from torch import nn
 
-from nnunet_semi.components.mixing import cutmix_box_mask
+from nnunet_semi.components.mixing import cutmix_box_mask, next_sample, paste
 from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
 from nnunet_semi.core.network import PlannedNetworkWrapper, planned_network
 from nnunet_semi.core.trainer import Batch, full_resolution, nnUNetTrainerSemi, split_batch_outputs
@@ -47,11 +47,6 @@ class FeaturePerturbedNetwork(PlannedNetworkWrapper):
             start, stop = perturbed
             skips = [torch.cat((s, channel_dropout(s[start:stop], dropout))) for s in skips]
         return self.decoder(skips)
-
-
-def paste(x: torch.Tensor, box: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
-    """CutMix: ``x[partner]`` inside ``box`` (B, 1, *spatial; 1 inside), ``x`` elsewhere. x (B, C, *spatial)."""
-    return torch.where(box.bool(), x[partner], x)
 
 
 class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
@@ -130,7 +125,7 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
         n_labeled, n_unlabeled = labeled["data"].shape[0], weak.shape[0]
         boxes = [cutmix_box_mask(n_unlabeled, tuple(weak.shape[2:]), self.cutmix_probability, device=weak.device)
                  for _ in range(2)]
-        partner = torch.roll(torch.arange(n_unlabeled, device=weak.device), -1)
+        partner = next_sample(n_unlabeled, weak.device)
         mixed = [paste(strong, box, partner) for strong, box in zip((strong_1, strong_2), boxes)]
         perturbed = (n_labeled, n_labeled + n_unlabeled) if self.fp_weight > 0 else None
         outputs = self.network(torch.cat((labeled["data"], weak, *mixed)), perturbed=perturbed,
