@@ -138,6 +138,7 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerMeanTeacher, {"cutmix_probability": 1.5}, "cutmix_probability"),
     (nnUNetTrainerMeanTeacher, {"cutmix_volume_range": (0.6, 0.4)}, "cutmix_volume_range"),
     (nnUNetTrainerMeanTeacher, {"cutmix_volume_range": (0.5,)}, "cutmix_volume_range"),
+    (nnUNetTrainerMeanTeacher, {"cutmix_volume_range": 0.5}, "cutmix_volume_range"),
     (nnUNetTrainerEMA, {"ema_decay": None}, "ema_decay"),  # exports the teacher, so it needs one
 ])
 def test_bad_hyperparameters_stop_at_construction(trainer_class, attributes, message):

@@ -1,6 +1,8 @@
 """Mean Teacher (Tarvainen & Valpola, NeurIPS 2017) on nnU-Net: the baseline every other method is compared with."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from nnunet_semi.components.mixing import cutmix_box_mask, next_sample, paste
@@ -67,7 +69,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     consistency term (:func:`confidence_masked_mse`, ``_confidenceMasked``).
     ``cutmix_probability`` (0: no mixing) mixes the student's view of each crop with the next crop's inside a CutMix
     box covering a fraction ``cutmix_volume_range`` of the patch, and its target is the same mix of the teacher's
-    predictions on the unmixed crops (French et al., BMVC 2020, mask-based mixing consistency; ``_cutMix``).
+    predictions on the unmixed crops (French et al., BMVC 2020, mask-based mixing consistency; ``_cutMix``). A
+    crop's partner is the next crop of the unlabeled batch, so a batch of one crop (per GPU) is not mixed.
     """
 
     ema_decay = 0.99
@@ -95,9 +98,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         self.require("consistency_confidence_threshold", 0 <= self.consistency_confidence_threshold < 1,
                      "in [0, 1) (0: every voxel)")
         self.require("cutmix_probability", 0 <= self.cutmix_probability <= 1, "in [0, 1] (0: no mixing)")
-        volume = tuple(self.cutmix_volume_range)
-        self.require("cutmix_volume_range", len(volume) == 2 and 0 < volume[0] <= volume[1] <= 1,
-                     "(low, high) with 0 < low <= high <= 1")
+        volume = self.cutmix_volume_range
+        self.require("cutmix_volume_range", isinstance(volume, (tuple, list)) and len(volume) == 2
+                     and 0 < volume[0] <= volume[1] <= 1, "(low, high) with 0 < low <= high <= 1")
         self.require("ema_decay_after_rampup",
                      self.ema_decay_after_rampup is None or 0 <= self.ema_decay_after_rampup < 1, "None or in [0, 1)")
 
@@ -152,17 +155,24 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
                                 device=views.device)
         return boxes, next_sample(n, views.device)
 
+    def cutmix(self, views: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """Student views (B, C, *patch) -> (the views mixed within the batch, a function that mixes targets
+        (B, K, *patch) with the same boxes and partners); without CutMix the views unchanged and the identity."""
+        if self.cutmix_probability == 0:
+            return views, lambda targets: targets
+        boxes, partner = self.cutmix_boxes(views)
+        return paste(views, boxes, partner), lambda targets: paste(targets, boxes, partner)
+
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         if not unlabeled:
             return self.supervised_only_losses(labeled)
         teacher_view, student_view = self.teacher_and_student_views(unlabeled)
-        boxes, partner = self.cutmix_boxes(student_view)
-        labeled_outputs, student_logits = self.forward_labeled_and_unlabeled(labeled["data"],
-                                                                             paste(student_view, boxes, partner))
+        student_view, mix_like_student_view = self.cutmix(student_view)
+        labeled_outputs, student_logits = self.forward_labeled_and_unlabeled(labeled["data"], student_view)
         loss_supervised = self.loss(labeled_outputs, labeled["target"])
         with torch.no_grad():
             teacher_logits = self.teacher(noised(teacher_view, self.teacher_noise_std))
-        teacher_probabilities = paste(self.probabilities(teacher_logits), boxes, partner)  # French et al.: mixed targets
+        teacher_probabilities = mix_like_student_view(self.probabilities(teacher_logits))  # French et al.: mixed targets
         loss_consistency, kept = confidence_masked_mse(
             self.probabilities(student_logits), teacher_probabilities,
             self.consistency_confidence_threshold, self.label_manager.has_regions)
