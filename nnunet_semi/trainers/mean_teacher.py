@@ -284,7 +284,8 @@ class nnUNetTrainerMeanTeacher_cutMix(nnUNetTrainerMeanTeacher):
     predictions on the weak unmixed crops. French et al. found Mean Teacher's consistency on conventional
     augmentation nearly ineffective for segmentation and CutMix the perturbation that makes it work: the class
     boundaries a box cuts across are where the student's prediction must change with its input. Same step cost as
-    the defaults (no extra forward pass)."""
+    the defaults (no extra forward pass). One run so far (Kvasir-SEG 10 %, fold 0, 1000 iterations): 54.35 test Dice
+    against the defaults' 55.59 and vanilla's 54.73, within the noise; folds 1-4 are to be run (README)."""
 
     cutmix_probability = 1.0
 
