@@ -1,11 +1,16 @@
-"""Which rows ``nnunet-semi benchmark`` trains: reference, methods (with the budget variant), optional upper bound."""
+"""Which rows ``nnunet-semi benchmark`` trains: reference, methods (with the budget variant), optional upper bound;
+which of its outputs it makes again."""
 from __future__ import annotations
 
 import json
+import os
+import time
+from pathlib import Path
 
 import pytest
 
-from nnunet_semi.evaluation.benchmark import benchmark_runs
+from nnunet_semi.evaluation import benchmark
+from nnunet_semi.evaluation.benchmark import Run, benchmark_runs, postprocess_test_set
 from nnunet_semi.evaluation.report import TrainingBudget
 from nnunet_semi.planners.raw import MANIFEST_FILE
 
@@ -96,3 +101,59 @@ def test_our_names_resolve_without_nnunets_module_scan(monkeypatch):
     assert resolve_trainer("nnUNetTrainerNope_3epochs_5its") is None
     with pytest.raises(RuntimeError, match="dictionary changed size"):
         resolve_trainer("nnUNetTrainerBroken")
+
+
+def _age(path, seconds: float) -> None:
+    """Set ``path``'s modification time to ``seconds`` ago."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_postprocessing_rules_are_determined_again_after_a_new_validation_only(nnunet_folders, tmp_path,
+                                                                                monkeypatch):
+    """postprocess_test_set runs nnUNetv2_determine_postprocessing when the fold's rules are missing or older than
+    its validation, and nnUNetv2_apply_postprocessing when a postprocessed test case is missing or older than the
+    rules or its prediction."""
+    run = Run("MT", "Dataset005_Semi", "T_2epochs_2its", "method", 0.25)
+    validation = run.model_folder("2d", "nnUNetPlans") / "fold_0" / "validation"
+    validation.mkdir(parents=True)
+    images, predictions, output = tmp_path / "imagesTs", tmp_path / "predictions", tmp_path / "benchmark"
+    images.mkdir()
+    predictions.mkdir()
+    for case in ("a", "b"):
+        (images / f"{case}_0000.png").touch()
+        (predictions / f"{case}.png").touch()
+        _age(predictions / f"{case}.png", 100)
+    (validation / "summary.json").touch()
+    _age(validation / "summary.json", 100)
+    commands = []
+
+    def fake_run_logged(command: list[str], log, *args, **kwargs) -> None:  # writes what nnU-Net would
+        commands.append(command[0])
+        if command[0] == "nnUNetv2_determine_postprocessing":
+            (validation / "postprocessing.pkl").touch()
+        else:
+            folder = Path(command[command.index("-o") + 1])
+            folder.mkdir(parents=True, exist_ok=True)
+            for case in ("a", "b"):
+                (folder / f"{case}.png").touch()
+
+    monkeypatch.setattr(benchmark, "_run_logged", fake_run_logged)
+
+    def postprocessing_commands() -> list[str]:
+        commands.clear()
+        postprocess_test_set(run, "2d", "nnUNetPlans", 0, predictions, images, ".png", output, tmp_path / "logs")
+        return commands
+
+    assert postprocessing_commands() == ["nnUNetv2_determine_postprocessing", "nnUNetv2_apply_postprocessing"]
+    assert postprocessing_commands() == []
+    postprocessed = list((output / "test_predictions_postprocessed").rglob("*.png"))
+    for path in [validation / "postprocessing.pkl", *postprocessed]:
+        _age(path, 50)
+    (validation / "summary.json").touch()  # a new validation: new rules, applied again
+    assert postprocessing_commands() == ["nnUNetv2_determine_postprocessing", "nnUNetv2_apply_postprocessing"]
+    _age(validation / "summary.json", 100)
+    for path in [validation / "postprocessing.pkl", *postprocessed]:
+        _age(path, 50)
+    (predictions / "b.png").touch()  # a new prediction: the same rules, applied again
+    assert postprocessing_commands() == ["nnUNetv2_apply_postprocessing"]

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from nnunet_semi.cli import build_parser
+import importlib
+
+from nnunet_semi.cli import COMMAND_MODULES, build_parser
 from nnunet_semi.cli_text import help_text
 
 
@@ -20,3 +22,20 @@ def test_every_option_of_every_command_has_help_and_no_rest_markup():
             if action.option_strings and action.help in (None, "") and action.dest != "help":
                 undocumented.append(f"{name} {'/'.join(action.option_strings)}")
     assert undocumented == []
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(subparsers.choices)
+
+
+def test_each_command_is_found_in_the_module_that_registers_it():
+    """COMMAND_MODULES names, for every command, the module that adds it (a command line imports only that one)."""
+    registered = {}
+    for module_name in dict.fromkeys(COMMAND_MODULES.values()):
+        parser = argparse.ArgumentParser()
+        importlib.import_module(module_name).register(parser.add_subparsers())
+        registered |= {command: module_name for command in _commands(parser)}
+    assert registered == COMMAND_MODULES
+    assert _commands(build_parser()) == list(COMMAND_MODULES)
+    assert _commands(build_parser("plan")) == ["plan"] and _commands(build_parser("-h")) == list(COMMAND_MODULES)
