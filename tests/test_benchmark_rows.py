@@ -147,13 +147,16 @@ def test_postprocessing_rules_are_determined_again_after_a_new_validation_only(n
 
     assert postprocessing_commands() == ["nnUNetv2_determine_postprocessing", "nnUNetv2_apply_postprocessing"]
     assert postprocessing_commands() == []
-    postprocessed = list((output / "test_predictions_postprocessed").rglob("*.png"))
-    for path in [validation / "postprocessing.pkl", *postprocessed]:
-        _age(path, 50)
+    outputs = [validation / "postprocessing.pkl", *(output / "test_predictions_postprocessed").rglob("*.png")]
+
+    def age_outputs() -> None:  # the rules and postprocessed cases of the last call, older than what comes next
+        for path in outputs:
+            _age(path, 50)
+
+    age_outputs()
     (validation / "summary.json").touch()  # a new validation: new rules, applied again
     assert postprocessing_commands() == ["nnUNetv2_determine_postprocessing", "nnUNetv2_apply_postprocessing"]
     _age(validation / "summary.json", 100)
-    for path in [validation / "postprocessing.pkl", *postprocessed]:
-        _age(path, 50)
+    age_outputs()
     (predictions / "b.png").touch()  # a new prediction: the same rules, applied again
     assert postprocessing_commands() == ["nnUNetv2_apply_postprocessing"]

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
-
 import importlib
 
 from nnunet_semi.cli import COMMAND_MODULES, build_parser
 from nnunet_semi.cli_text import help_text
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def test_help_text_drops_rest_markup():
@@ -14,9 +17,8 @@ def test_help_text_drops_rest_markup():
 
 
 def test_every_option_of_every_command_has_help_and_no_rest_markup():
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     undocumented = []
-    for name, parser in subparsers.choices.items():
+    for name, parser in _subparsers(build_parser()).choices.items():
         assert "``" not in (parser.description or ""), name
         for action in parser._actions:
             if action.option_strings and action.help in (None, "") and action.dest != "help":
@@ -25,8 +27,7 @@ def test_every_option_of_every_command_has_help_and_no_rest_markup():
 
 
 def _commands(parser: argparse.ArgumentParser) -> list[str]:
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return list(subparsers.choices)
+    return list(_subparsers(parser).choices)
 
 
 def test_each_command_is_found_in_the_module_that_registers_it():
