@@ -150,6 +150,41 @@ def test_mean_teacher_cutmix_mixes_the_student_view_and_the_teacher_targets_with
     assert losses["loss_consistency"].item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_mean_teacher_hard_pseudo_labels_are_the_teachers_mixed_argmax():
+    """``_cutMixPseudoLabels``, the crops of the CutMix test above, logits (log 3 * x, log 3 * (1 - x)): a voxel of
+    value 1 is class 0 and one of value 0 class 1, each at probability 3/4. Crop 0 (zeros, class 1) gets crop 1's
+    class 0 in its box, so the pseudo-labels are [[0, 1], [1, 1]] and all 0, every voxel kept. The student sees the
+    same mix, so it gives each pseudo-label 3/4: CE log(4/3) per voxel; batch Dice of class 1, 3 labeled voxels at
+    3/4 and 5 others at 1/4: 2 * 9/4 / (3 + 3 * 3/4 + 5 * 1/4) = 9/13; loss -9/13 + log(4/3)."""
+    from types import SimpleNamespace
+
+    from nnunet_semi.components.mixing import next_sample
+    from nnunet_semi.components.pseudo_labels import PseudoLabelDiceCELoss
+    from nnunet_semi.trainers import nnUNetTrainerMeanTeacher_cutMixPseudoLabels
+    trainer = object.__new__(nnUNetTrainerMeanTeacher_cutMixPseudoLabels)
+    seen = {}
+
+    def logits(x):
+        return torch.cat((x * math.log(3), (1 - x) * math.log(3)), 1)
+
+    def pseudo_label_loss(student_logits, labels, confident):
+        seen["labels"], seen["confident"] = labels, confident
+        return PseudoLabelDiceCELoss(batch_dice=True, ddp=False)(student_logits, labels, confident)
+
+    boxes = torch.zeros(2, 1, 2, 2)
+    boxes[0, 0, 0, 0] = 1
+    trainer.cutmix_boxes = lambda views: (boxes, next_sample(views.shape[0]))
+    trainer.network, trainer.teacher, trainer.loss = logits, logits, lambda outputs, target: outputs.mean() * 0
+    trainer.pseudo_label_loss = pseudo_label_loss
+    trainer.label_manager = SimpleNamespace(has_regions=False)
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.global_step = 1, 4, 4
+    crops = torch.stack((torch.zeros(1, 2, 2), torch.ones(1, 2, 2)))
+    losses = trainer.compute_train_losses({"data": torch.ones(1, 1, 2, 2), "target": None}, (crops, crops.clone()))
+    assert seen["labels"][:, 0].tolist() == [[[0, 1], [1, 1]], [[0, 0], [0, 0]]]
+    assert losses["confident_fraction"].item() == 1.0
+    assert losses["loss_consistency"].item() == pytest.approx(-9 / 13 + math.log(4 / 3), abs=1e-4)
+
+
 def test_confidence_masked_mse_counts_unconfident_voxels_as_zero():
     """Two voxels, two classes: the teacher is sure of the first (0.96) and not of the second (0.6). Squared
     differences (0.96 - 0.5)^2 = 0.2116 twice at the first voxel, (0.6 - 0.2)^2 = 0.16 twice at the second; mean over

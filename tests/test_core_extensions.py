@@ -139,11 +139,24 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerMeanTeacher, {"cutmix_volume_range": (0.6, 0.4)}, "cutmix_volume_range"),
     (nnUNetTrainerMeanTeacher, {"cutmix_volume_range": (0.5,)}, "cutmix_volume_range"),
     (nnUNetTrainerMeanTeacher, {"cutmix_volume_range": 0.5}, "cutmix_volume_range"),
+    (nnUNetTrainerMeanTeacher, {"hard_pseudo_labels": 1}, "hard_pseudo_labels"),
     (nnUNetTrainerEMA, {"ema_decay": None}, "ema_decay"),  # exports the teacher, so it needs one
 ])
 def test_bad_hyperparameters_stop_at_construction(trainer_class, attributes, message):
     with pytest.raises(UserError, match=message):
         _validate(trainer_class, **attributes)
+
+
+def test_label_based_methods_refuse_region_datasets_naming_the_dataset():
+    from types import SimpleNamespace
+    trainer = object.__new__(nnUNetTrainerMeanTeacher)
+    trainer.label_manager = SimpleNamespace(has_regions=True)
+    trainer.plans_manager = SimpleNamespace(dataset_name="Dataset123_Regions")
+    with pytest.raises(UserError, match="nnUNetTrainerMeanTeacher needs a label-based dataset: argmax, and "
+                                        "Dataset123_Regions defines regions"):
+        trainer.require_label_based("argmax")
+    trainer.label_manager = SimpleNamespace(has_regions=False)
+    trainer.require_label_based("argmax")
 
 
 def test_default_hyperparameters_are_valid():

@@ -67,10 +67,11 @@ def test_ema_trains_where_vanilla_does_and_exports_its_average(toy_2d):
     assert_stock_prediction_matches_validation(toy_2d, dataset, 503, trainer)
 
 
-def test_cutmix_variant_trains_and_stock_predict_uses_its_teacher(toy_2d):
-    """``_cutMix`` through nnUNetv2_train on the semi-supervised toy dataset: a finite consistency term on the mixed
-    views, and stock nnUNetv2_predict giving what its final validation (the exported teacher) predicted."""
-    trainer, dataset = "nnUNetTrainerMeanTeacher_cutMix_2epochs_3its", "Dataset502_ToySemi6"
+def test_cutmix_pseudo_label_variant_trains_and_stock_predict_uses_its_teacher(toy_2d):
+    """``_cutMixPseudoLabels`` (CutMix and the hard pseudo-label loss) through nnUNetv2_train on the semi-supervised
+    toy dataset: a finite consistency term on the mixed views, and stock nnUNetv2_predict giving what its final
+    validation (the exported teacher) predicted."""
+    trainer, dataset = "nnUNetTrainerMeanTeacher_cutMixPseudoLabels_2epochs_3its", "Dataset502_ToySemi6"
     toy_2d.train(502, "2d", trainer, "--npz")
     final = toy_2d.checkpoint(dataset, trainer, "2d")
     assert final["current_epoch"] == 2 and final["semi_state"]["exported"] == "teacher"

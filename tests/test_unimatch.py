@@ -17,7 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from e2e_support import assert_terms_logged
 from nnunet_semi.components.mixing import cutmix_box_mask, next_sample, paste
-from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
+from nnunet_semi.components.pseudo_labels import (PseudoLabelDiceCELoss, confident_pseudo_labels,
+                                                  masked_cross_entropy)
 from nnunet_semi.core.unlabeled import UnlabeledViews, split_views
 from nnunet_semi.trainers.unimatch import (FeaturePerturbedNetwork, nnUNetTrainerUniMatch,
                                            nnUNetTrainerUniMatch_noFP)
@@ -32,9 +33,18 @@ def test_masked_cross_entropy_hand_value():
     assert masked_cross_entropy(logits, labels, mask).item() == pytest.approx(math.log(4 / 3) / 2)
 
 
+def test_pseudo_label_dice_ce_hand_value():
+    """Voxel 0 labeled 1 with p(1) = 3/4 and confident, voxel 1 masked out. Dice of class 1 over the confident voxel:
+    2 * 3/4 / (3/4 + 1) = 6/7 (the loss is its negative, nnU-Net's sign); CE as above."""
+    logits = torch.tensor([[[0.0, 0.0]], [[math.log(3), 0.0]]])[None]
+    labels, mask = torch.tensor([[[[1, 0]]]]), torch.tensor([[[[1.0, 0.0]]]])
+    loss = PseudoLabelDiceCELoss(batch_dice=True, ddp=False)(logits, labels, mask)
+    assert loss.item() == pytest.approx(-6 / 7 + math.log(4 / 3) / 2, abs=1e-4)
+
+
 def test_confident_pseudo_labels():
-    logits = torch.tensor([[[0.0, 0.0]], [[math.log(99.0), 0.0]]])[None]  # voxel 0: p(1) = 0.99; voxel 1: a tie
-    labels, confident = confident_pseudo_labels(logits.requires_grad_(), 0.95)
+    probabilities = torch.tensor([[[0.01, 0.5]], [[0.99, 0.5]]])[None]  # voxel 0: p(1) = 0.99; voxel 1: a tie
+    labels, confident = confident_pseudo_labels(probabilities.requires_grad_(), 0.95)
     assert labels.tolist() == [[[[1, 0]]]] and confident.tolist() == [[[[1.0, 0.0]]]]
     assert not labels.requires_grad and not confident.requires_grad
 
@@ -129,16 +139,15 @@ def test_warmup_is_a_budget_fraction():
 @pytest.mark.parametrize("trainer_class, decoded", [(nnUNetTrainerUniMatch, 2 + 3 * 2 + 2),
                                                      (nnUNetTrainerUniMatch_noFP, 2 + 3 * 2)])
 def test_feature_perturbed_pass_runs_only_when_weighted(trainer_class, decoded):
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-    from nnunetv2.utilities.helpers import softmax_helper_dim1
+    from types import SimpleNamespace
     torch.manual_seed(0)
     trainer = object.__new__(trainer_class)
     network = FeaturePerturbedNetwork(_tiny_unet())
     batch_sizes = []
     trainer.network = lambda x, **kwargs: batch_sizes.append(len(out := network(x, **kwargs))) or out
     trainer.loss = lambda logits, target: torch.nn.functional.cross_entropy(logits, target[:, 0].long())
-    trainer.unlabeled_dice = MemoryEfficientSoftDiceLoss(softmax_helper_dim1, True, do_bg=False, smooth=1e-5,
-                                                          ddp=False)
+    trainer.unlabeled_loss = PseudoLabelDiceCELoss(batch_dice=True, ddp=False)
+    trainer.label_manager = SimpleNamespace(has_regions=False)
     labeled = {"data": torch.randn(2, 1, 8, 8), "target": torch.randint(0, 2, (2, 1, 8, 8))}
     terms = trainer.compute_train_losses(labeled, tuple(torch.randn(2, 1, 8, 8) for _ in range(3)))
     assert batch_sizes == [decoded]  # labeled + weak, two strong (+ the perturbed weak) in one pass

@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.utilities.helpers import softmax_helper_dim1
 from scipy import ndimage
+from torch import nn
 
 
 def largest_component_per_class(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -39,12 +42,11 @@ def confidence(probabilities: torch.Tensor, has_regions: bool, class_dim: int = 
     return probabilities.amax(class_dim)
 
 
-def confident_pseudo_labels(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, *spatial) logits -> hard pseudo-labels (B, 1, *spatial) (argmax of the softmax, no gradient) and the
-    float mask (B, 1, *spatial) of voxels whose top probability is at least ``threshold``."""
-    with torch.no_grad():
-        confidence, labels = torch.softmax(logits.float(), 1).max(1, keepdim=True)
-    return labels, (confidence >= threshold).float()
+def confident_pseudo_labels(probabilities: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, *spatial) class probabilities -> hard pseudo-labels (B, 1, *spatial) (their argmax, no gradient) and
+    the float mask (B, 1, *spatial) of voxels whose top probability is at least ``threshold``."""
+    top, labels = probabilities.detach().max(1, keepdim=True)
+    return labels, (top >= threshold).float()
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -52,3 +54,16 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch
     voxels count as 0, so the loss grows with the confident share instead of jumping when few voxels pass).
     logits (B, C, *spatial), labels and mask (B, 1, *spatial)."""
     return (F.cross_entropy(logits.float(), labels[:, 0].long(), reduction="none") * mask[:, 0]).mean()
+
+
+class PseudoLabelDiceCELoss(nn.Module):
+    """The pseudo-label loss of FixMatch-style training with nnU-Net's terms: nnU-Net's soft Dice (foreground
+    classes, ``batch_dice`` as planned) over the confident voxels plus :func:`masked_cross_entropy`."""
+
+    def __init__(self, batch_dice: bool, ddp: bool):
+        super().__init__()
+        self.dice = MemoryEfficientSoftDiceLoss(softmax_helper_dim1, batch_dice, do_bg=False, smooth=1e-5, ddp=ddp)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, confident: torch.Tensor) -> torch.Tensor:
+        """logits (B, C, *spatial); labels and confident (B, 1, *spatial)."""
+        return self.dice(logits, labels, loss_mask=confident) + masked_cross_entropy(logits, labels, confident)

@@ -425,6 +425,13 @@ class nnUNetTrainerSemi(ClassHyperparameters, nnUNetTrainer):
         with self.exported_network_in_place():
             super().perform_actual_validation(save_probabilities)
 
+    def require_label_based(self, reason: str) -> None:
+        """Refuse a region-based dataset (called from ``initialize``) for a method that needs one class per voxel;
+        ``reason`` says why, in the error."""
+        if self.label_manager.has_regions:
+            raise UserError(f"{type(self).__name__} needs a label-based dataset: {reason}, and "
+                            f"{self.plans_manager.dataset_name} defines regions.")
+
     # ------------------------------------------------------------------ training
     def autocast(self):
         """nnU-Net's mixed-precision policy: autocast on CUDA only."""

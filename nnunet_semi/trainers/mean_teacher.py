@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 
 from nnunet_semi.components.mixing import cutmix_box_mask, next_sample, paste
-from nnunet_semi.components.pseudo_labels import confidence
+from nnunet_semi.components.pseudo_labels import PseudoLabelDiceCELoss, confidence, confident_pseudo_labels
 from nnunet_semi.core.hyperparameters import split_budget
 from nnunet_semi.core.trainer import Batch, nnUNetTrainerSemi
 
@@ -71,6 +71,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     box covering a fraction ``cutmix_volume_range`` of the patch, and its target is the same mix of the teacher's
     predictions on the unmixed crops (French et al., BMVC 2020, mask-based mixing consistency; ``_cutMix``). A
     crop's partner is the next crop of the unlabeled batch, so a batch of one crop (per GPU) is not mixed.
+    ``hard_pseudo_labels`` (False: Mean Teacher's soft targets) replaces the MSE by nnU-Net's Dice + CE against the
+    argmax of the teacher's (mixed) probabilities, over the voxels ``consistency_confidence_threshold`` keeps
+    (:class:`PseudoLabelDiceCELoss`, UniMatch's unlabeled loss; ``_cutMixPseudoLabels``). Label-based datasets only.
     """
 
     ema_decay = 0.99
@@ -84,6 +87,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     consistency_confidence_threshold = 0.0
     cutmix_probability = 0.0
     cutmix_volume_range = (0.5, 0.5)
+    hard_pseudo_labels = False
     exported_network = "teacher"
     train_terms = ("loss_supervised", "loss_consistency", "consistency_weight", "confident_fraction")
 
@@ -101,8 +105,15 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         volume = self.cutmix_volume_range
         self.require("cutmix_volume_range", isinstance(volume, (tuple, list)) and len(volume) == 2
                      and 0 < volume[0] <= volume[1] <= 1, "(low, high) with 0 < low <= high <= 1")
+        self.require("hard_pseudo_labels", isinstance(self.hard_pseudo_labels, bool), "True or False")
         self.require("ema_decay_after_rampup",
                      self.ema_decay_after_rampup is None or 0 <= self.ema_decay_after_rampup < 1, "None or in [0, 1)")
+
+    def initialize(self):
+        super().initialize()
+        if self.hard_pseudo_labels:
+            self.require_label_based("hard pseudo-labels are one class per voxel")
+            self.pseudo_label_loss = PseudoLabelDiceCELoss(self.configuration_manager.batch_dice, self.is_ddp)
 
     def current_consistency_weight(self) -> float:
         return self.ramped_weight(self.consistency_weight, self.consistency_rampup, self.consistency_rampup_fraction)
@@ -163,6 +174,18 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         boxes, partner = self.cutmix_boxes(views)
         return paste(views, boxes, partner), lambda targets: paste(targets, boxes, partner)
 
+    def consistency(self, student_logits: torch.Tensor,
+                    teacher_probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The consistency term between the student's logits and the teacher's probabilities, both (B, K, *patch),
+        and the fraction of voxels it counts: the confidence-masked MSE of probabilities, or with
+        ``hard_pseudo_labels`` nnU-Net's Dice + CE against the teacher's confident argmax."""
+        threshold = self.consistency_confidence_threshold
+        if not self.hard_pseudo_labels:
+            return confidence_masked_mse(self.probabilities(student_logits), teacher_probabilities, threshold,
+                                         self.label_manager.has_regions)
+        labels, confident = confident_pseudo_labels(teacher_probabilities, threshold)
+        return self.pseudo_label_loss(student_logits, labels, confident), confident.mean()
+
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         if not unlabeled:
             return self.supervised_only_losses(labeled)
@@ -173,9 +196,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         with torch.no_grad():
             teacher_logits = self.teacher(noised(teacher_view, self.teacher_noise_std))
         teacher_probabilities = mix_like_student_view(self.probabilities(teacher_logits))  # French et al.: mixed targets
-        loss_consistency, kept = confidence_masked_mse(
-            self.probabilities(student_logits), teacher_probabilities,
-            self.consistency_confidence_threshold, self.label_manager.has_regions)
+        loss_consistency, kept = self.consistency(student_logits, teacher_probabilities)
         weight = self.current_consistency_weight()
         return {"loss": loss_supervised + weight * loss_consistency, "loss_supervised": loss_supervised,
                 "loss_consistency": loss_consistency, "consistency_weight": torch.tensor(weight),
@@ -288,6 +309,16 @@ class nnUNetTrainerMeanTeacher_cutMix(nnUNetTrainerMeanTeacher):
     with the defaults (+0.04 [-2.88, +2.96]) with a wider spread, so not the default (README, "Benchmarking")."""
 
     cutmix_probability = 1.0
+
+
+class nnUNetTrainerMeanTeacher_cutMixPseudoLabels(nnUNetTrainerMeanTeacher_cutMix):
+    """``_cutMix`` with hard pseudo-labels: the student's mixed view learns the argmax of the teacher's mixed
+    predictions with nnU-Net's Dice + CE (every voxel, as BCP takes its EMA teacher's argmax), weighted and ramped
+    up as the MSE was. MSE gradients vanish where the soft targets are nearly one-hot, i.e. on most voxels once the
+    teacher is sure; a hard target keeps pulling the student's unlabeled predictions as strongly as a label does.
+    Same step cost as the defaults. Not yet measured against vanilla."""
+
+    hard_pseudo_labels = True
 
 
 class nnUNetTrainerMeanTeacher_ema999AfterRampup(nnUNetTrainerMeanTeacher_noisyTeacherView):

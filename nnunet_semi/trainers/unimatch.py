@@ -11,12 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-from nnunetv2.utilities.helpers import softmax_helper_dim1
 from torch import nn
 
 from nnunet_semi.components.mixing import cutmix_box_mask, next_sample, paste
-from nnunet_semi.components.pseudo_labels import confident_pseudo_labels, masked_cross_entropy
+from nnunet_semi.components.pseudo_labels import PseudoLabelDiceCELoss, confident_pseudo_labels
 from nnunet_semi.core.network import PlannedNetworkWrapper, planned_network
 from nnunet_semi.core.trainer import Batch, full_resolution, nnUNetTrainerSemi, split_batch_outputs
 from nnunet_semi.errors import UserError
@@ -106,17 +104,8 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
 
     def initialize(self):
         super().initialize()
-        if self.label_manager.has_regions:
-            raise UserError(f"{type(self).__name__} needs a label-based dataset: UniMatch's pseudo-labels are one "
-                            f"class per voxel, and {self.plans_manager.dataset_name} defines regions.")
-        self.unlabeled_dice = MemoryEfficientSoftDiceLoss(softmax_helper_dim1, self.configuration_manager.batch_dice,
-                                                          do_bg=False, smooth=1e-5, ddp=self.is_ddp)
-
-    def unlabeled_loss(self, logits: torch.Tensor, labels: torch.Tensor, confident: torch.Tensor) -> torch.Tensor:
-        """Soft Dice over confident voxels + CE with unconfident voxels at 0. logits (B, C, *spatial); labels and
-        confident (B, 1, *spatial)."""
-        return (self.unlabeled_dice(logits, labels, loss_mask=confident)
-                + masked_cross_entropy(logits, labels, confident))
+        self.require_label_based("UniMatch's pseudo-labels are one class per voxel")
+        self.unlabeled_loss = PseudoLabelDiceCELoss(self.configuration_manager.batch_dice, self.is_ddp)
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         if not unlabeled:
@@ -132,7 +121,8 @@ class nnUNetTrainerUniMatch(nnUNetTrainerSemi):
                                dropout=self.feature_dropout)
         labeled_outputs, unlabeled_outputs = split_batch_outputs(outputs, n_labeled)
         weak_logits, logits_1, logits_2, *fp_logits = full_resolution(unlabeled_outputs).split(n_unlabeled)
-        labels, confident = confident_pseudo_labels(weak_logits, self.confidence_threshold)
+        labels, confident = confident_pseudo_labels(self.probabilities(weak_logits.detach()),
+                                                    self.confidence_threshold)
         loss_supervised = self.loss(labeled_outputs, labeled["target"])
         zero = torch.zeros((), device=weak.device)
         loss_fp = self.unlabeled_loss(fp_logits[0], labels, confident) if fp_logits else zero  # Sec. 3.2
