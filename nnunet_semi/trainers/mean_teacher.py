@@ -306,7 +306,9 @@ class nnUNetTrainerMeanTeacher_cutMix(nnUNetTrainerMeanTeacher):
     augmentation nearly ineffective for segmentation and CutMix the perturbation that makes it work: the class
     boundaries a box cuts across are where the student's prediction must change with its input. Same step cost as
     the defaults (no extra forward pass). Kvasir-SEG 10 %, 1000 iterations, five runs: 58.14 +- 2.46 test Dice, level
-    with the defaults (+0.04 [-2.88, +2.96]) with a wider spread, so not the default (README, "Benchmarking")."""
+    with the defaults (+0.04 [-2.88, +2.96]) with a wider spread, so not the default; ACDC 2d, 3000 iterations,
+    folds 0-1: 82.13 +- 0.18, level with the EMA control (+0.17 [-0.34, +0.68]) and 0.52 below the defaults
+    (README, "Benchmarking")."""
 
     cutmix_probability = 1.0
 
