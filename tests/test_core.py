@@ -119,16 +119,31 @@ def test_mean_teacher_gives_the_weak_view_to_the_teacher_unless_a_variant_keeps_
         assert torch.allclose(seen["teacher"], strong, atol=2 * trainer.teacher_noise_std)
 
 
-def test_mean_teacher_cutmix_mixes_the_student_view_and_the_teacher_targets_with_the_same_box():
-    """``_cutMix``, two unlabeled crops of 2 x 2 voxels. Both networks give logits (log 3 * x, 0), so a voxel of value
-    1 has probabilities (0.75, 0.25) and one of value 0 (0.5, 0.5). Crop 0 is 0 and crop 1 is 1 in both views; crop
-    0's box is its first voxel, where the student sees crop 1's value. Mixed targets agree with the student
-    everywhere (loss 0); unmixed targets would differ there by 0.25 per class, 2 * 0.0625 / 16 = 0.0078125."""
+def _mean_teacher_on_two_crops(variant: str, logits, **stubs) -> dict[str, torch.Tensor]:
+    """One ``compute_train_losses`` of Mean Teacher ``variant`` on two unlabeled crops of 2 x 2 voxels, crop 0 all 0
+    and crop 1 all 1 in both views, with crop 0's CutMix box its first voxel (partner: crop 1). Student and teacher
+    are both ``logits``; ``stubs`` set further attributes of the trainer."""
     from types import SimpleNamespace
 
+    from nnunet_semi import trainers
     from nnunet_semi.components.mixing import next_sample
-    from nnunet_semi.trainers import nnUNetTrainerMeanTeacher_cutMix
-    trainer = object.__new__(nnUNetTrainerMeanTeacher_cutMix)
+    trainer = object.__new__(getattr(trainers, "nnUNetTrainerMeanTeacher" + variant))
+    boxes = torch.zeros(2, 1, 2, 2)
+    boxes[0, 0, 0, 0] = 1
+    trainer.cutmix_boxes = lambda views: (boxes, next_sample(views.shape[0]))
+    trainer.network, trainer.teacher, trainer.loss = logits, logits, lambda outputs, target: outputs.mean() * 0
+    trainer.label_manager = SimpleNamespace(has_regions=False)
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.global_step = 1, 4, 4
+    for name, value in stubs.items():
+        setattr(trainer, name, value)
+    crops = torch.stack((torch.zeros(1, 2, 2), torch.ones(1, 2, 2)))
+    return trainer.compute_train_losses({"data": torch.ones(1, 1, 2, 2), "target": None}, (crops, crops.clone()))
+
+
+def test_mean_teacher_cutmix_mixes_the_student_view_and_the_teacher_targets_with_the_same_box():
+    """``_cutMix``. Both networks give logits (log 3 * x, 0), so a voxel of value 1 has probabilities (0.75, 0.25)
+    and one of value 0 (0.5, 0.5). In crop 0's box the student sees crop 1's value. Mixed targets agree with the
+    student everywhere (loss 0); unmixed targets would differ there by 0.25 per class, 2 * 0.0625 / 16 = 0.0078125."""
     seen = {}
 
     def logits(x):
@@ -138,48 +153,28 @@ def test_mean_teacher_cutmix_mixes_the_student_view_and_the_teacher_targets_with
         seen["student"] = x[1:]  # the labeled sample comes first
         return logits(x)
 
-    boxes = torch.zeros(2, 1, 2, 2)
-    boxes[0, 0, 0, 0] = 1
-    trainer.cutmix_boxes = lambda views: (boxes, next_sample(views.shape[0]))
-    trainer.network, trainer.teacher, trainer.loss = network, logits, lambda outputs, target: outputs.mean() * 0
-    trainer.label_manager = SimpleNamespace(has_regions=False)
-    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.global_step = 1, 4, 4
-    crops = torch.stack((torch.zeros(1, 2, 2), torch.ones(1, 2, 2)))
-    losses = trainer.compute_train_losses({"data": torch.ones(1, 1, 2, 2), "target": None}, (crops, crops.clone()))
+    losses = _mean_teacher_on_two_crops("_cutMix", logits, network=network)
     assert seen["student"][:, 0].tolist() == [[[1, 0], [0, 0]], [[1, 1], [1, 1]]]
     assert losses["loss_consistency"].item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_mean_teacher_hard_pseudo_labels_are_the_teachers_mixed_argmax():
-    """``_cutMixPseudoLabels``, the crops of the CutMix test above, logits (log 3 * x, log 3 * (1 - x)): a voxel of
-    value 1 is class 0 and one of value 0 class 1, each at probability 3/4. Crop 0 (zeros, class 1) gets crop 1's
-    class 0 in its box, so the pseudo-labels are [[0, 1], [1, 1]] and all 0, every voxel kept. The student sees the
-    same mix, so it gives each pseudo-label 3/4: CE log(4/3) per voxel; batch Dice of class 1, 3 labeled voxels at
-    3/4 and 5 others at 1/4: 2 * 9/4 / (3 + 3 * 3/4 + 5 * 1/4) = 9/13; loss -9/13 + log(4/3)."""
-    from types import SimpleNamespace
-
-    from nnunet_semi.components.mixing import next_sample
+    """``_cutMixPseudoLabels``, logits (log 3 * x, log 3 * (1 - x)): a voxel of value 1 is class 0 and one of value 0
+    class 1, each at probability 3/4. Crop 0 (zeros, class 1) gets crop 1's class 0 in its box, so the pseudo-labels
+    are [[0, 1], [1, 1]] and all 0, every voxel kept. The student sees the same mix, so it gives each pseudo-label
+    3/4: CE log(4/3) per voxel; batch Dice of class 1, 3 labeled voxels at 3/4 and 5 others at 1/4:
+    2 * 9/4 / (3 + 3 * 3/4 + 5 * 1/4) = 9/13; loss -9/13 + log(4/3)."""
     from nnunet_semi.components.pseudo_labels import PseudoLabelDiceCELoss
-    from nnunet_semi.trainers import nnUNetTrainerMeanTeacher_cutMixPseudoLabels
-    trainer = object.__new__(nnUNetTrainerMeanTeacher_cutMixPseudoLabels)
     seen = {}
 
     def logits(x):
         return torch.cat((x * math.log(3), (1 - x) * math.log(3)), 1)
 
     def pseudo_label_loss(student_logits, labels, confident):
-        seen["labels"], seen["confident"] = labels, confident
+        seen["labels"] = labels
         return PseudoLabelDiceCELoss(batch_dice=True, ddp=False)(student_logits, labels, confident)
 
-    boxes = torch.zeros(2, 1, 2, 2)
-    boxes[0, 0, 0, 0] = 1
-    trainer.cutmix_boxes = lambda views: (boxes, next_sample(views.shape[0]))
-    trainer.network, trainer.teacher, trainer.loss = logits, logits, lambda outputs, target: outputs.mean() * 0
-    trainer.pseudo_label_loss = pseudo_label_loss
-    trainer.label_manager = SimpleNamespace(has_regions=False)
-    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.global_step = 1, 4, 4
-    crops = torch.stack((torch.zeros(1, 2, 2), torch.ones(1, 2, 2)))
-    losses = trainer.compute_train_losses({"data": torch.ones(1, 1, 2, 2), "target": None}, (crops, crops.clone()))
+    losses = _mean_teacher_on_two_crops("_cutMixPseudoLabels", logits, pseudo_label_loss=pseudo_label_loss)
     assert seen["labels"][:, 0].tolist() == [[[0, 1], [1, 1]], [[0, 0], [0, 0]]]
     assert losses["confident_fraction"].item() == 1.0
     assert losses["loss_consistency"].item() == pytest.approx(-9 / 13 + math.log(4 / 3), abs=1e-4)
