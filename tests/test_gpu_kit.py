@@ -59,7 +59,7 @@ while todo:
     except md.PackageNotFoundError:
         continue
     for requirement in requirements:
-        name = normalise(re.split(r"[ ;<>=!~\[(]", requirement, maxsplit=1)[0])
+        name = normalise(re.split(r"[ ;<>=!~\\[(]", requirement, maxsplit=1)[0])
         if name not in brought:
             brought.add(name)
             todo.append(name)
