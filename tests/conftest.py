@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# nnU-Net's pools (validation export and metrics after every training, postprocessing) spawn nnUNet_def_n_proc
+# workers, each importing torch and nnU-Net for seconds before its first case; the tests' toy cases are fewer than
+# that costs, so one worker per pool, in this process (read when nnunetv2 is imported) and in every nnU-Net command
+# the tests run. Data-augmentation workers are forked (cheap) and keep the documented default.
+os.environ["nnUNet_def_n_proc"] = "1"
+
 
 @pytest.fixture(autouse=True)
 def private_feature_cache(tmp_path_factory, monkeypatch):
@@ -21,7 +27,6 @@ def nnunet_folders(tmp_path, monkeypatch):
     for name, path in folders.items():
         path.mkdir()
         monkeypatch.setenv(name, str(path))
-    monkeypatch.setenv("nnUNet_def_n_proc", os.environ.get("nnUNet_def_n_proc", "2"))
     monkeypatch.setenv("nnUNet_n_proc_DA", os.environ.get("nnUNet_n_proc_DA", "2"))
     return folders
 
