@@ -318,9 +318,19 @@ class nnUNetTrainerMeanTeacher_cutMixPseudoLabels(nnUNetTrainerMeanTeacher_cutMi
     predictions with nnU-Net's Dice + CE (every voxel, as BCP takes its EMA teacher's argmax), weighted and ramped
     up as the MSE was. MSE gradients vanish where the soft targets are nearly one-hot, i.e. on most voxels once the
     teacher is sure; a hard target keeps pulling the student's unlabeled predictions as strongly as a label does.
-    Same step cost as the defaults. Not yet measured against vanilla."""
+    Same step cost as the defaults. Kvasir-SEG 10 %, 1000 iterations, fold 0 (one run, stopped there): test Dice
+    53.58 against vanilla's 54.73 and the defaults' 55.59, HD95 42.5 mm against 31-33 for every other row: the
+    student learns the teacher's false positives as labels (README, "Benchmarking")."""
 
     hard_pseudo_labels = True
+
+
+class nnUNetTrainerMeanTeacher_cutMixConfidentPseudoLabels(nnUNetTrainerMeanTeacher_cutMixPseudoLabels):
+    """``_cutMixPseudoLabels`` over the voxels where the teacher's (mixed) top probability is at least 0.95
+    (FixMatch's and UniMatch's threshold): hard labels only where the teacher is sure, so that its uncertain
+    guesses, where ``_cutMixPseudoLabels`` learned false positives, are not taught as labels."""
+
+    consistency_confidence_threshold = 0.95
 
 
 class nnUNetTrainerMeanTeacher_ema999AfterRampup(nnUNetTrainerMeanTeacher_noisyTeacherView):
