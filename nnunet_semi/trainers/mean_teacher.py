@@ -319,8 +319,8 @@ class nnUNetTrainerMeanTeacher_cutMixPseudoLabels(nnUNetTrainerMeanTeacher_cutMi
     up as the MSE was. MSE gradients vanish where the soft targets are nearly one-hot, i.e. on most voxels once the
     teacher is sure; a hard target keeps pulling the student's unlabeled predictions as strongly as a label does.
     Same step cost as the defaults. Kvasir-SEG 10 %, 1000 iterations, fold 0 (one run, stopped there): test Dice
-    53.58 against vanilla's 54.73 and the defaults' 55.59, HD95 42.5 mm against 31-33 for every other row: the
-    student learns the teacher's false positives as labels (README, "Benchmarking")."""
+    53.58 against vanilla's 54.73 and the defaults' 55.59, HD95 42.5 mm against means of 31-33 mm for the other
+    rows: the student learns the teacher's false positives as labels (README, "Benchmarking")."""
 
     hard_pseudo_labels = True
 
@@ -328,7 +328,10 @@ class nnUNetTrainerMeanTeacher_cutMixPseudoLabels(nnUNetTrainerMeanTeacher_cutMi
 class nnUNetTrainerMeanTeacher_cutMixConfidentPseudoLabels(nnUNetTrainerMeanTeacher_cutMixPseudoLabels):
     """``_cutMixPseudoLabels`` over the voxels where the teacher's (mixed) top probability is at least 0.95
     (FixMatch's and UniMatch's threshold): hard labels only where the teacher is sure, so that its uncertain
-    guesses, where ``_cutMixPseudoLabels`` learned false positives, are not taught as labels."""
+    guesses, where ``_cutMixPseudoLabels`` learned false positives, are not taught as labels. Kvasir-SEG 10 %, 1000
+    iterations, folds 0-2: 53.32 ± 1.58 test Dice, -2.79 [-9.31, +3.72] against vanilla: no far-off errors, but the student
+    under-segments (predicted foreground 0.6x the references'): a weak teacher is sure mostly of background, so the
+    hard labels it keeps are mostly background (README, "Benchmarking")."""
 
     consistency_confidence_threshold = 0.95
 
