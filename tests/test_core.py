@@ -185,14 +185,16 @@ def test_mean_teacher_confident_pseudo_labels_leave_unsure_voxels_out():
     class 0 at 24/25 = 0.96 (kept), one of value 0 class 1 at 3/4 (left out). Mixed as above, 5 of the 8 voxels are
     kept, all class 0: CE 5 * log(25/24) / 8 (the mean over every voxel); the foreground Dice sees no class-1 label
     and a predicted 5 * 0.04 = 0.2 over the kept voxels, smooth / (0.2 + smooth) = 5e-5; loss 5/8 log(25/24) - 5e-5."""
+    from nnunet_semi.components.pseudo_labels import PseudoLabelDiceCELoss
+
     def logits(x):
         return torch.cat((x * math.log(24), (1 - x) * math.log(3)), 1)
 
-    from nnunet_semi.components.pseudo_labels import PseudoLabelDiceCELoss
     losses = _mean_teacher_on_two_crops("_cutMixConfidentPseudoLabels", logits,
                                         pseudo_label_loss=PseudoLabelDiceCELoss(batch_dice=True, ddp=False))
     assert losses["confident_fraction"].item() == 5 / 8
     assert losses["loss_consistency"].item() == pytest.approx(5 / 8 * math.log(25 / 24) - 5e-5, abs=1e-5)
+
 
 def test_confidence_masked_mse_counts_unconfident_voxels_as_zero():
     """Two voxels, two classes: the teacher is sure of the first (0.96) and not of the second (0.6). Squared

@@ -329,9 +329,9 @@ class nnUNetTrainerMeanTeacher_cutMixConfidentPseudoLabels(nnUNetTrainerMeanTeac
     """``_cutMixPseudoLabels`` over the voxels where the teacher's (mixed) top probability is at least 0.95
     (FixMatch's and UniMatch's threshold): hard labels only where the teacher is sure, so that its uncertain
     guesses, where ``_cutMixPseudoLabels`` learned false positives, are not taught as labels. Kvasir-SEG 10 %, 1000
-    iterations, folds 0-2: 53.32 ± 1.58 test Dice, -2.79 [-9.31, +3.72] against vanilla: no far-off errors, but the student
-    under-segments (predicted foreground 0.6x the references'): a weak teacher is sure mostly of background, so the
-    hard labels it keeps are mostly background (README, "Benchmarking")."""
+    iterations, folds 0-2: 53.32 +- 1.58 test Dice, -2.79 [-9.31, +3.72] against vanilla: no far-off errors, but
+    the student under-segments (predicted foreground 0.6x the references'): a weak teacher is sure mostly of
+    background, so the hard labels it keeps are mostly background (README, "Benchmarking")."""
 
     consistency_confidence_threshold = 0.95
 
