@@ -249,8 +249,11 @@ def assert_stock_prediction_matches_validation(workspace: Workspace, dataset: st
     images.mkdir()
     for case in cases:
         shutil.copy(workspace.folders["nnUNet_raw"] / dataset / "imagesTr" / f"{case}_0000.png", images)
+    # nnU-Net's predictor runs torch on min(nnUNet_def_n_proc, torch's default) threads, the trainer's validation on
+    # torch's default: the same number of threads gives the same floating-point sums
     run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", "2d", "-f", "0",
-          "-tr", trainer, "-device", "cpu", *predictor_workers("cpu"), "--save_probabilities"], workspace.env)
+          "-tr", trainer, "-device", "cpu", *predictor_workers("cpu"), "--save_probabilities"],
+        {**workspace.env, "nnUNet_def_n_proc": str(torch.get_num_threads())})
     for case in cases:
         inside = np.load(validation / f"{case}.npz")["probabilities"]
         stock = np.load(out / f"{case}.npz")["probabilities"]
