@@ -246,7 +246,7 @@ def test_budget_variant_of_vanilla_and_semi_trainers():
 def test_mean_teacher_defaults_and_the_settings_measured_variants_keep():
     """Weight 1, the EMA teacher exported and weak-to-strong views by default; SCDL keeps the SSL4MIS setting it was
     measured with, and the benchmark tables' trainer names keep theirs, the noisy views included (SCDL's
-    ``_exportTeacher_consistency1`` has Mean Teacher's)."""
+    ``_exportTeacher_consistency1`` has that Mean Teacher variant's, ``_meanTeacherDefaults`` the defaults)."""
     from nnunet_semi.trainers import (nnUNetTrainerMeanTeacher_ema999AfterRampup,
                                       nnUNetTrainerMeanTeacher_exportTeacher,
                                       nnUNetTrainerMeanTeacher_exportTeacher_consistency1,
@@ -254,7 +254,8 @@ def test_mean_teacher_defaults_and_the_settings_measured_variants_keep():
                                       nnUNetTrainerMeanTeacher_exportTeacher_consistency3,
                                       nnUNetTrainerMeanTeacher_weakTeacherView,
                                       nnUNetTrainerMeanTeacher_ssl4mis, nnUNetTrainerSCDL,
-                                      nnUNetTrainerSCDL_exportTeacher_consistency1)
+                                      nnUNetTrainerSCDL_exportTeacher_consistency1,
+                                      nnUNetTrainerSCDL_meanTeacherDefaults)
 
     def setting(trainer_class: type) -> tuple[float, str, int, float]:
         return (trainer_class.consistency_weight, trainer_class.exported_network, trainer_class.unlabeled_weak_views,
@@ -262,6 +263,7 @@ def test_mean_teacher_defaults_and_the_settings_measured_variants_keep():
 
     assert setting(nnUNetTrainerMeanTeacher) == setting(nnUNetTrainerMeanTeacher_weakTeacherView)
     assert setting(nnUNetTrainerMeanTeacher) == (1.0, "teacher", 1, 0.0)
+    assert setting(nnUNetTrainerSCDL_meanTeacherDefaults) == setting(nnUNetTrainerMeanTeacher)
     assert nnUNetTrainerMeanTeacher.consistency_confidence_threshold == 0.0  # every voxel
     assert nnUNetTrainerMeanTeacher.cutmix_probability == 0.0  # no mixing
     assert setting(nnUNetTrainerMeanTeacher_exportTeacher_consistency1) == (1.0, "teacher", 0, 0.1)

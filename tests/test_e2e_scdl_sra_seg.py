@@ -38,9 +38,9 @@ def test_2d_scdl_cps_trains_both_networks_resumes_and_predicts_identically(toy_2
     assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)
 
 def test_2d_scdl_over_mean_teacher_defaults_exports_the_teacher_with_its_proxies(toy_2d):
-    """SCDL over Mean Teacher's defaults exports the EMA teacher, proxies and priors included, and stock
-    nnUNetv2_predict rebuilds that network and reproduces the trainer's own validation."""
-    trainer, dataset = "nnUNetTrainerSCDL_exportTeacher_consistency1_2epochs_3its", "Dataset502_ToySemi6"
+    """SCDL over Mean Teacher's defaults (weak-to-strong views) exports the EMA teacher, proxies and priors included,
+    and stock nnUNetv2_predict rebuilds that network and reproduces the trainer's own validation."""
+    trainer, dataset = "nnUNetTrainerSCDL_meanTeacherDefaults_2epochs_3its", "Dataset502_ToySemi6"
     toy_2d.train(502, "2d", trainer, "--npz")
     final = toy_2d.checkpoint(dataset, trainer, "2d")
     semi = final["semi_state"]
