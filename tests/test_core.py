@@ -16,6 +16,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from PIL import Image
 from torch import nn
 
+from nnunet_semi.components.pseudo_labels import PseudoLabelDiceCELoss
 from nnunet_semi.core.hyperparameters import ClassHyperparameters, budget_variant
 from nnunet_semi.core.logging import SemiLocalLogger
 from nnunet_semi.core.rampup import RAMPUPS, linear_rampup, sigmoid_rampup
@@ -122,7 +123,8 @@ def test_mean_teacher_gives_the_weak_view_to_the_teacher_unless_a_variant_keeps_
 def _mean_teacher_on_two_crops(variant: str, logits, **stubs) -> dict[str, torch.Tensor]:
     """One ``compute_train_losses`` of Mean Teacher ``variant`` on two unlabeled crops of 2 x 2 voxels, crop 0 all 0
     and crop 1 all 1 in both views, with crop 0's CutMix box its first voxel (partner: crop 1). Student and teacher
-    are both ``logits``; ``stubs`` set further attributes of the trainer."""
+    are both ``logits``; the hard-label loss is nnU-Net's Dice + CE (batch Dice, no DDP); ``stubs`` set further
+    attributes of the trainer."""
     from types import SimpleNamespace
 
     from nnunet_semi import trainers
@@ -134,6 +136,7 @@ def _mean_teacher_on_two_crops(variant: str, logits, **stubs) -> dict[str, torch
     trainer.network, trainer.teacher, trainer.loss = logits, logits, lambda outputs, target: outputs.mean() * 0
     trainer.label_manager = SimpleNamespace(has_regions=False)
     trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.global_step = 1, 4, 4
+    trainer.pseudo_label_loss = PseudoLabelDiceCELoss(batch_dice=True, ddp=False)
     for name, value in stubs.items():
         setattr(trainer, name, value)
     crops = torch.stack((torch.zeros(1, 2, 2), torch.ones(1, 2, 2)))
@@ -164,7 +167,6 @@ def test_mean_teacher_hard_pseudo_labels_are_the_teachers_mixed_argmax():
     are [[0, 1], [1, 1]] and all 0, every voxel kept. The student sees the same mix, so it gives each pseudo-label
     3/4: CE log(4/3) per voxel; batch Dice of class 1, 3 labeled voxels at 3/4 and 5 others at 1/4:
     2 * 9/4 / (3 + 3 * 3/4 + 5 * 1/4) = 9/13; loss -9/13 + log(4/3)."""
-    from nnunet_semi.components.pseudo_labels import PseudoLabelDiceCELoss
     seen = {}
 
     def logits(x):
@@ -185,13 +187,11 @@ def test_mean_teacher_confident_pseudo_labels_leave_unsure_voxels_out():
     class 0 at 24/25 = 0.96 (kept), one of value 0 class 1 at 3/4 (left out). Mixed as above, 5 of the 8 voxels are
     kept, all class 0: CE 5 * log(25/24) / 8 (the mean over every voxel); the foreground Dice sees no class-1 label
     and a predicted 5 * 0.04 = 0.2 over the kept voxels, smooth / (0.2 + smooth) = 5e-5; loss 5/8 log(25/24) - 5e-5."""
-    from nnunet_semi.components.pseudo_labels import PseudoLabelDiceCELoss
 
     def logits(x):
         return torch.cat((x * math.log(24), (1 - x) * math.log(3)), 1)
 
-    losses = _mean_teacher_on_two_crops("_cutMixConfidentPseudoLabels", logits,
-                                        pseudo_label_loss=PseudoLabelDiceCELoss(batch_dice=True, ddp=False))
+    losses = _mean_teacher_on_two_crops("_cutMixConfidentPseudoLabels", logits)
     assert losses["confident_fraction"].item() == 5 / 8
     assert losses["loss_consistency"].item() == pytest.approx(5 / 8 * math.log(25 / 24) - 5e-5, abs=1e-5)
 

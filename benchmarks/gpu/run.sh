@@ -53,6 +53,7 @@ tee_pid=$!
 trap 'exec >&- 2>&-; wait "$tee_pid" 2>/dev/null || true' EXIT  # the log's last lines too
 [ -d "$kit/data" ] || { echo "run.sh: no kit in $kit: run benchmarks/gpu/prepare.sh first." >&2; exit 2; }
 
+n_folds=$(echo $folds | wc -w)
 if [ "$smoke" = 1 ]; then
   device=cpu; reserve_s=60; trainers="nnUNetTrainerMeanTeacher"
   [ "$budget_given" = 1 ] || budget=2x2
@@ -60,7 +61,6 @@ if [ "$smoke" = 1 ]; then
   export nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-1} nnUNet_def_n_proc=${nnUNet_def_n_proc:-2}
 else
   device=cuda
-  n_folds=$(echo $folds | wc -w)
   export nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-$((12 / n_folds > 2 ? 12 / n_folds : 2))} \
     nnUNet_def_n_proc=${nnUNet_def_n_proc:-16}
   # the machine's python3 is itself a venv (a venv made from it would not see its torch): install beside it
@@ -134,7 +134,7 @@ for fold in $folds; do
   # this fold's predictions, curve caches and logs
   [ ! -d "$work/benchmark_fold$fold" ] || cp -r "$work/benchmark_fold$fold/." "$work/benchmark/"
 done
-if [ "$status" = 0 ] && [ "$(echo $folds | wc -w)" -gt 1 ]; then
+if [ "$status" = 0 ] && [ "$n_folds" -gt 1 ]; then
   # the report over all folds (one fold's report is already that): trainings and predictions exist, only
   # evaluation is left
   left_s=$((deadline_s - ($(date +%s) - start) - 10))
