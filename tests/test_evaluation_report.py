@@ -159,3 +159,17 @@ def test_paired_difference_hand_values_and_verdicts():
     assert better.verdict == "better"
     assert paired_difference(stat([0.70, 0.71, 0.72]), reference).verdict == "worse"
     assert paired_difference(stat([0.9]), stat([0.8])).verdict == "n/a (one run)"
+
+
+def test_dice_plot_leaves_room_for_one_long_method_name(tmp_path):
+    """One method with a long name (as ``nnunet-semi evaluate`` names a run): the rotated label gets room, and
+    matplotlib's constrained layout does not collapse the axes (it warns when it does)."""
+    import warnings
+
+    from nnunet_semi.evaluation.plots import Entry, plot_dice_per_method
+    entry = Entry("nnUNetTrainerSCDL_meanTeacherDefaults_f0", "nnUNetTrainerSCDL_meanTeacherDefaults_f0", "method",
+                  Stat(0.5654, math.nan, {"0": 0.5654}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_dice_per_method({"Test set": [entry]}, tmp_path / "dice.png")
+    assert (tmp_path / "dice.png").stat().st_size > 0

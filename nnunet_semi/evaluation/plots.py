@@ -27,7 +27,10 @@ def plot_dice_per_method(panels: Mapping[str, Sequence[Entry]], path: str | Path
 
     Points rather than bars, so that the y axis can be zoomed to the data without truncating bars.
     """
-    fig = Figure(figsize=(1.2 + 0.9 * max(len(entries) for entries in panels.values()) * len(panels), 4.2),
+    n_entries = max(len(entries) for entries in panels.values())
+    longest = max(len(e.label) for entries in panels.values() for e in entries)
+    # a label rotated by 30 degrees spans about 0.075 inch per character across and 0.035 down
+    fig = Figure(figsize=(1.2 + max(0.9 * n_entries, 0.075 * longest) * len(panels), 3.4 + 0.035 * longest),
                  layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     rng = np.random.default_rng(0)  # fixed jitter: the same data give the same picture
@@ -46,7 +49,7 @@ def plot_dice_per_method(panels: Mapping[str, Sequence[Entry]], path: str | Path
         ax.set_title(title)
         _zoom_to_data(ax, [100 * v for e in entries for v in
                            (*e.dice.per_fold.values(), e.dice.mean - _std(e.dice), e.dice.mean + _std(e.dice))])
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")  # the first rotated label may reach past the left edge
 
 
 @dataclass(frozen=True)
