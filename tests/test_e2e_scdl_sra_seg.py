@@ -37,6 +37,7 @@ def test_2d_scdl_cps_trains_both_networks_resumes_and_predicts_identically(toy_2
     assert len(final["optimizer_state"]["param_groups"]) == 2  # second network optimised with the first
     assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)
 
+
 def test_2d_scdl_over_mean_teacher_defaults_exports_the_teacher_with_its_proxies(toy_2d):
     """SCDL over Mean Teacher's defaults (weak-to-strong views) exports the EMA teacher, proxies and priors included,
     and stock nnUNetv2_predict rebuilds that network and reproduces the trainer's own validation."""

@@ -1,12 +1,14 @@
 """Aggregation over cases, classes and folds, and the report builder (tables, gap closed, timing, plots, files)."""
 import csv
 import math
+import warnings
 
 import pytest
 
 from nnunet_semi.errors import UserError
 from nnunet_semi.evaluation import report
 from nnunet_semi.evaluation.aggregate import Stat, fold_means, gap_closed, paired_difference, summarize
+from nnunet_semi.evaluation.plots import Entry, plot_dice_per_method
 from nnunet_semi.evaluation.report import MethodResults, ReportSettings, TrainingBudget, load_report_json, write_report
 
 CLASSES = ("RV", "MYO", "LV")
@@ -164,9 +166,6 @@ def test_paired_difference_hand_values_and_verdicts():
 def test_dice_plot_leaves_room_for_one_long_method_name(tmp_path):
     """One method with a long name (as ``nnunet-semi evaluate`` names a run): the rotated label gets room, and
     matplotlib's constrained layout does not collapse the axes (it warns when it does)."""
-    import warnings
-
-    from nnunet_semi.evaluation.plots import Entry, plot_dice_per_method
     entry = Entry("nnUNetTrainerSCDL_meanTeacherDefaults_f0", "nnUNetTrainerSCDL_meanTeacherDefaults_f0", "method",
                   Stat(0.5654, math.nan, {"0": 0.5654}))
     with warnings.catch_warnings():
