@@ -3,7 +3,9 @@ import csv
 import math
 import warnings
 
+import matplotlib
 import pytest
+import seaborn
 
 from nnunet_semi.errors import UserError
 from nnunet_semi.evaluation import report
@@ -164,11 +166,13 @@ def test_paired_difference_hand_values_and_verdicts():
 
 
 def test_dice_plot_leaves_room_for_one_long_method_name(tmp_path):
-    """One method with a long name (as ``nnunet-semi evaluate`` names a run): the rotated label gets room, and
+    """One method with a long name (as ``nnunet-semi evaluate`` names a run), drawn after a training in the same
+    process has set seaborn's font scale 2.5 (nnU-Net's progress plot does): the rotated label gets room, and
     matplotlib's constrained layout does not collapse the axes (it warns when it does)."""
     entry = Entry("nnUNetTrainerSCDL_meanTeacherDefaults_f0", "nnUNetTrainerSCDL_meanTeacherDefaults_f0", "method",
                   Stat(0.5654, math.nan, {"0": 0.5654}))
-    with warnings.catch_warnings():
+    with matplotlib.rc_context(), warnings.catch_warnings():
+        seaborn.set(font_scale=2.5)  # as nnunetv2.training.logging.nnunet_logger.plot_progress_png
         warnings.simplefilter("error")
         plot_dice_per_method({"Test set": [entry]}, tmp_path / "dice.png")
     assert (tmp_path / "dice.png").stat().st_size > 0

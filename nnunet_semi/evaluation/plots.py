@@ -1,10 +1,12 @@
 """The report's figures, drawn on bare matplotlib Figures (no pyplot state, no display needed)."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.style
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -12,6 +14,16 @@ from nnunet_semi.evaluation.aggregate import Stat
 
 ROLE_COLOURS = {"reference": "#7f7f7f", "upper_bound": "#2f2f2f"}
 METHOD_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def _matplotlib_defaults(plot: Callable[..., None]) -> Callable[..., None]:
+    """Draw under matplotlib's default style, whatever the process set before: nnU-Net's progress plot sets
+    seaborn's font_scale 2.5 for the whole process, so a report drawn after a training would have 2.5x fonts."""
+    @functools.wraps(plot)
+    def plot_with_defaults(*args, **kwargs) -> None:
+        with matplotlib.style.context("default"):
+            plot(*args, **kwargs)
+    return plot_with_defaults
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,7 @@ class Entry:
     dice: Stat
 
 
+@_matplotlib_defaults
 def plot_dice_per_method(panels: Mapping[str, Sequence[Entry]], path: str | Path) -> None:
     """One panel per split: per method, the mean Dice (diamond) +- std over folds, and each fold's Dice (dots).
 
@@ -59,6 +72,7 @@ class FractionPanel:
     upper_bound: Stat | None
 
 
+@_matplotlib_defaults
 def plot_dice_vs_labeled_fraction(panels: Mapping[str, FractionPanel], path: str | Path) -> None:
     """One panel per split: mean Dice +- std against the labeled fraction, one line per method, and the upper
     bound (all labels) as a dashed line."""
@@ -107,6 +121,7 @@ def _zoom_to_data(ax, values: Sequence[float]) -> None:
         ax.set_ylim(max(0.0, min(finite) - margin), max(finite) + margin)
 
 
+@_matplotlib_defaults
 def plot_learning_curves(points: Sequence[Mapping], roles: Mapping[str, str], iterations_label: str,
                          path: str | Path) -> None:
     """Test Dice against training iterations: per row (colour) and network (student solid, EMA teacher dashed),
