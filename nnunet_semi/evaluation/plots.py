@@ -1,8 +1,7 @@
 """The report's figures, drawn on bare matplotlib Figures (no pyplot state, no display needed)."""
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +15,9 @@ ROLE_COLOURS = {"reference": "#7f7f7f", "upper_bound": "#2f2f2f"}
 METHOD_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-def _matplotlib_defaults(plot: Callable[..., None]) -> Callable[..., None]:
-    """Draw under matplotlib's default style, whatever the process set before: nnU-Net's progress plot sets
-    seaborn's font_scale 2.5 for the whole process, so a report drawn after a training would have 2.5x fonts."""
-    @functools.wraps(plot)
-    def plot_with_defaults(*args, **kwargs) -> None:
-        with matplotlib.style.context("default"):
-            plot(*args, **kwargs)
-    return plot_with_defaults
+# Figures are drawn under matplotlib's default style, whatever the process set before: nnU-Net's progress plot sets
+# seaborn's font_scale 2.5 for the whole process, so a report drawn after a training would have 2.5x fonts.
+_matplotlib_defaults = matplotlib.style.context("default")  # a context manager that also decorates
 
 
 @dataclass(frozen=True)
