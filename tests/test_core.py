@@ -196,6 +196,21 @@ def test_mean_teacher_confident_pseudo_labels_leave_unsure_voxels_out():
     assert losses["loss_consistency"].item() == pytest.approx(5 / 8 * math.log(25 / 24) - 5e-5, abs=1e-5)
 
 
+def test_mean_teacher_class_balanced_pseudo_labels_keep_each_class_share():
+    """``_cutMixClassBalancedPseudoLabels`` (keep 0.5), on the same teacher as the fixed-threshold test above: the
+    5 class-0 voxels (0.96) and the 3 class-1 voxels (3/4) each tie at their class threshold, so all 8 are kept
+    where 0.95 kept only the 5 class-0 ones. CE (5 log(25/24) + 3 log(4/3)) / 8; batch Dice of class 1, 3 labeled
+    voxels at 3/4 and 5 others at 1/25: 2 * 9/4 / (3 + 9/4 + 1/5) = 90/109; loss CE - 90/109."""
+
+    def logits(x):
+        return torch.cat((x * math.log(24), (1 - x) * math.log(3)), 1)
+
+    losses = _mean_teacher_on_two_crops("_cutMixClassBalancedPseudoLabels", logits)
+    assert losses["confident_fraction"].item() == 1.0
+    cross_entropy = (5 * math.log(25 / 24) + 3 * math.log(4 / 3)) / 8
+    assert losses["loss_consistency"].item() == pytest.approx(cross_entropy - 90 / 109, abs=1e-4)
+
+
 def test_confidence_masked_mse_counts_unconfident_voxels_as_zero():
     """Two voxels, two classes: the teacher is sure of the first (0.96) and not of the second (0.6). Squared
     differences (0.96 - 0.5)^2 = 0.2116 twice at the first voxel, (0.6 - 0.2)^2 = 0.16 twice at the second; mean over

@@ -68,15 +68,17 @@ def test_ema_trains_where_vanilla_does_and_exports_its_average(toy_2d):
 
 
 def test_cutmix_pseudo_label_variant_trains_and_stock_predict_uses_its_teacher(toy_2d):
-    """``_cutMixPseudoLabels`` (CutMix and the hard pseudo-label loss) through nnUNetv2_train on the semi-supervised
-    toy dataset: a finite consistency term on the mixed views, and stock nnUNetv2_predict giving what its final
-    validation (the exported teacher) predicted."""
-    trainer, dataset = "nnUNetTrainerMeanTeacher_cutMixPseudoLabels_2epochs_3its", "Dataset502_ToySemi6"
+    """``_cutMixClassBalancedPseudoLabels`` (CutMix, the hard pseudo-label loss and its per-class thresholds; the
+    fixed-threshold mask is unit-tested) through nnUNetv2_train on the semi-supervised toy dataset: a finite
+    consistency term on the mixed views, about half the voxels kept, and stock nnUNetv2_predict giving what its
+    final validation (the exported teacher) predicted."""
+    trainer, dataset = "nnUNetTrainerMeanTeacher_cutMixClassBalancedPseudoLabels_2epochs_3its", "Dataset502_ToySemi6"
     toy_2d.train(502, "2d", trainer, "--npz")
     final = toy_2d.checkpoint(dataset, trainer, "2d")
     assert final["current_epoch"] == 2 and final["semi_state"]["exported"] == "teacher"
-    assert_terms_logged(final, ("loss_supervised", "loss_consistency"), 2)
+    assert_terms_logged(final, ("loss_supervised", "loss_consistency", "confident_fraction"), 2)
     assert np.all(np.isfinite(final["logging"]["loss_consistency"]))
+    assert all(0.5 <= kept < 0.6 for kept in final["logging"]["confident_fraction"])  # ties may keep a few more
     assert_stock_prediction_matches_validation(toy_2d, dataset, 502, trainer)
 
 

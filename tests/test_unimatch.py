@@ -17,8 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from e2e_support import assert_terms_logged
 from nnunet_semi.components.mixing import cutmix_box_mask, next_sample, paste
-from nnunet_semi.components.pseudo_labels import (PseudoLabelDiceCELoss, confident_pseudo_labels,
-                                                  masked_cross_entropy)
+from nnunet_semi.components.pseudo_labels import (PseudoLabelDiceCELoss, class_balanced_pseudo_labels,
+                                                  confident_pseudo_labels, masked_cross_entropy)
 from nnunet_semi.core.unlabeled import UnlabeledViews, split_views
 from nnunet_semi.trainers.unimatch import (FeaturePerturbedNetwork, nnUNetTrainerUniMatch,
                                            nnUNetTrainerUniMatch_noFP)
@@ -47,6 +47,19 @@ def test_confident_pseudo_labels():
     labels, confident = confident_pseudo_labels(probabilities.requires_grad_(), 0.95)
     assert labels.tolist() == [[[[1, 0]]]] and confident.tolist() == [[[[1.0, 0.0]]]]
     assert not labels.requires_grad and not confident.requires_grad
+
+
+def test_class_balanced_pseudo_labels_keep_the_same_share_of_every_class():
+    """Six voxels, p(class 0) = 0.99, 0.9, 0.8, 0.7, 0.05, 0.4: four class-0 voxels (confidence 0.99 ... 0.7) and two
+    class-1 ones (0.95, 0.6). Keeping half of each class: 0.99 and 0.9 of class 0, 0.95 of class 1 (a fixed 0.95
+    keeps one of four class-0 voxels); keeping 0.6: ceil(2.4) = 3 and ceil(1.2) = 2."""
+    background = torch.tensor([0.99, 0.9, 0.8, 0.7, 0.05, 0.4])
+    probabilities = torch.stack((background, 1 - background))[None, :, None]  # (B=1, C=2, 1, 6)
+    labels, half = class_balanced_pseudo_labels(probabilities.requires_grad_(), 0.5)
+    assert labels.flatten().tolist() == [0, 0, 0, 0, 1, 1] and not half.requires_grad
+    assert half.flatten().tolist() == [1, 1, 0, 0, 1, 0]
+    assert class_balanced_pseudo_labels(probabilities, 0.6)[1].flatten().tolist() == [1, 1, 1, 0, 1, 1]
+    assert class_balanced_pseudo_labels(probabilities, 1.0)[1].flatten().tolist() == [1] * 6
 
 
 @pytest.mark.parametrize("shape", [(32, 48), (16, 20, 24)])

@@ -1,6 +1,8 @@
 """Pseudo-labels from teacher predictions."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,25 @@ def confident_pseudo_labels(probabilities: torch.Tensor, threshold: float) -> tu
     the float mask (B, 1, *spatial) of voxels whose top probability is at least ``threshold``."""
     top, labels = probabilities.detach().max(1, keepdim=True)
     return labels, (top >= threshold).float()
+
+
+def class_balanced_pseudo_labels(probabilities: torch.Tensor,
+                                 keep_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, *spatial) class probabilities -> hard pseudo-labels (B, 1, *spatial) (their argmax, no gradient) and
+    the float mask (B, 1, *spatial) that keeps, of the voxels assigned each class, the ``keep_fraction`` most
+    confident (ties at the threshold kept). Class-balanced self-training (Zou et al., ECCV 2018): one threshold per
+    class, the confidence of its top ``keep_fraction`` quantile, so that every class keeps the same share of its
+    voxels and a majority class the teacher is sure of does not crowd out the others, as one fixed threshold lets
+    it. Thresholds are taken over the batch given (per GPU under DDP), not over the unlabeled set per round."""
+    top, labels = probabilities.detach().max(1, keepdim=True)
+    confident = torch.zeros_like(top)
+    for c in labels.unique():
+        assigned = labels == c
+        scores = top[assigned]
+        kept = math.ceil(keep_fraction * scores.numel())
+        threshold = scores.kthvalue(scores.numel() - kept + 1).values  # the kept-th largest confidence
+        confident[assigned & (top >= threshold)] = 1
+    return labels, confident
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
