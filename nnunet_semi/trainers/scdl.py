@@ -145,7 +145,8 @@ class nnUNetTrainerSCDL_exportTeacher_consistency1(SCDLPlugin, nnUNetTrainerMean
 class nnUNetTrainerSCDL_meanTeacherDefaults(SCDLPlugin, nnUNetTrainerMeanTeacher):
     """SCDL over Mean Teacher's current defaults (weak-to-strong views, consistency weight 1, EMA teacher exported
     with its proxies and priors). Kvasir-SEG 10 % at 1000 iterations (README, three runs): +1.53 [-0.29, +3.35]
-    Dice over vanilla, level with the defaults alone (-0.06): one foreground class leaves SCDL nothing to debias."""
+    Dice over vanilla, level with the defaults alone (-0.06): one foreground class leaves SCDL nothing to debias.
+    ACDC 2d at 3000 iterations, fold 0 (one run): 81.24, +0.30 over vanilla and 0.41 below the defaults."""
 
     train_terms = nnUNetTrainerMeanTeacher.train_terms + SCDL_TERMS
 
