@@ -1,8 +1,8 @@
 """DDP behaviour of the shared core, with two CPU processes on the gloo backend (nnU-Net's own DDP needs CUDA).
 
 Checks what our trainers add on top of nnU-Net's DDP: the EMA teacher built from and updated by a DDP-wrapped
-student stays identical on every rank and equals the EMA of the synchronised student, and logged terms are averaged
-over workers.
+student stays identical on every rank and equals the EMA of the synchronised student, logged terms are averaged
+over workers, and batch statistics (SCDL's anchors, class-balanced pseudo-label thresholds) are the global batch's.
 """
 from __future__ import annotations
 
@@ -215,3 +215,31 @@ def test_pseudo_label_prediction_is_split_over_ranks_and_complete_on_all(tmp_pat
     assert not set(made[0]) & set(made[1])
     assert sorted(made[0] + made[1]) == [f"case{i}" for i in range(7) if i != 3]
     assert results[0]["missing_after"] == results[1]["missing_after"] == []
+
+
+def _global_batch_probabilities() -> torch.Tensor:
+    """Three samples of six voxels, two classes, (3, 2, 1, 6); the last sample is all class 1."""
+    background = torch.tensor([[0.99, 0.9, 0.8, 0.7, 0.05, 0.4],
+                               [0.6, 0.55, 0.3, 0.2, 0.1, 0.45],
+                               [0.01, 0.02, 0.03, 0.04, 0.35, 0.25]])
+    return torch.stack((background, 1 - background), 1)[:, :, None]
+
+
+def _class_balanced_worker(rank: int, world_size: int, init_file: str, results) -> None:
+    from nnunet_semi.components.pseudo_labels import class_balanced_pseudo_labels
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    local = _global_batch_probabilities()[:1] if rank == 0 else _global_batch_probabilities()[1:]  # uneven split
+    results[rank] = class_balanced_pseudo_labels(local, 0.5)[1]
+    dist.destroy_process_group()
+
+
+def test_class_balanced_thresholds_are_taken_over_the_global_batch(tmp_path):
+    """Two ranks holding one and two samples of a batch keep exactly the voxels one process keeps on the whole
+    batch, although rank 0's class-0 voxels alone would get a higher threshold (0.9: two of its four; globally
+    0.8: three of six)."""
+    from nnunet_semi.components.pseudo_labels import class_balanced_pseudo_labels
+    results = mp.Manager().dict()
+    mp.spawn(_class_balanced_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    whole = class_balanced_pseudo_labels(_global_batch_probabilities(), 0.5)[1]
+    assert torch.equal(torch.cat((results[0], results[1])), whole)
+    assert not torch.equal(results[0], class_balanced_pseudo_labels(_global_batch_probabilities()[:1], 0.5)[1])

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.helpers import softmax_helper_dim1
 from scipy import ndimage
+from torch import distributed as dist
 from torch import nn
 
 
@@ -51,6 +52,21 @@ def confident_pseudo_labels(probabilities: torch.Tensor, threshold: float) -> tu
     return labels, (top >= threshold).float()
 
 
+def gather_from_workers(values: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor -> the concatenation, in rank order, of every DDP worker's (the tensor itself without DDP).
+    Workers may hold different lengths (nnU-Net splits an odd global batch unevenly)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    world_size = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(world_size)]
+    dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
+    sizes = [int(size) for size in sizes]
+    padded = F.pad(values, (0, max(sizes) - values.numel()))
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([part[:size] for part, size in zip(gathered, sizes)])
+
+
 def class_balanced_pseudo_labels(probabilities: torch.Tensor,
                                  keep_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, *spatial) class probabilities -> hard pseudo-labels (B, 1, *spatial) (their argmax, no gradient) and
@@ -58,15 +74,16 @@ def class_balanced_pseudo_labels(probabilities: torch.Tensor,
     confident (ties at the threshold kept). Class-balanced self-training (Zou et al., ECCV 2018): one threshold per
     class, the confidence of its top ``keep_fraction`` quantile, so that every class keeps the same share of its
     voxels and a majority class the teacher is sure of does not crowd out the others, as one fixed threshold lets
-    it. Thresholds are taken over the batch given (per GPU under DDP), not over the unlabeled set per round."""
+    it. Thresholds are taken over the global batch (under DDP over every worker's voxels, so ``-num_gpus N`` keeps
+    what one GPU would), not over the unlabeled set per round."""
     top, labels = probabilities.detach().max(1, keepdim=True)
+    all_top, all_labels = gather_from_workers(top.flatten()), gather_from_workers(labels.flatten())
     confident = torch.zeros_like(top)
-    for c in labels.unique():
-        assigned = labels == c
-        scores = top[assigned]
+    for c in all_labels.unique():
+        scores = all_top[all_labels == c]
         kept = math.ceil(keep_fraction * scores.numel())
         threshold = scores.kthvalue(scores.numel() - kept + 1).values  # the kept-th largest confidence
-        confident[assigned & (top >= threshold)] = 1
+        confident[(labels == c) & (top >= threshold)] = 1
     return labels, confident
 
 
