@@ -211,6 +211,23 @@ def test_mean_teacher_class_balanced_pseudo_labels_keep_each_class_share():
     assert losses["loss_consistency"].item() == pytest.approx(cross_entropy - 90 / 109, abs=1e-4)
 
 
+@pytest.mark.parametrize("variant, cap", [("_cutMixClassBalancedPseudoLabels", None),
+                                          ("_cutMixClassBalancedOrConfidentPseudoLabels", 0.95)])
+def test_mean_teacher_class_balanced_thresholds_are_capped_by_the_confidence_threshold(monkeypatch, variant, cap):
+    """The trainer hands its ``consistency_confidence_threshold`` (0: none) to the class-balanced rule as the cap."""
+    from nnunet_semi.components import pseudo_labels
+    from nnunet_semi.trainers import mean_teacher
+    caps = []
+
+    def recording(probabilities, keep_fraction, sure_threshold=None):
+        caps.append((keep_fraction, sure_threshold))
+        return pseudo_labels.class_balanced_pseudo_labels(probabilities, keep_fraction, sure_threshold)
+
+    monkeypatch.setattr(mean_teacher, "class_balanced_pseudo_labels", recording)
+    _mean_teacher_on_two_crops(variant, lambda x: torch.cat((x * math.log(24), (1 - x) * math.log(3)), 1))
+    assert caps == [(0.5, cap)]
+
+
 def test_confidence_masked_mse_counts_unconfident_voxels_as_zero():
     """Two voxels, two classes: the teacher is sure of the first (0.96) and not of the second (0.6). Squared
     differences (0.96 - 0.5)^2 = 0.2116 twice at the first voxel, (0.6 - 0.2)^2 = 0.16 twice at the second; mean over

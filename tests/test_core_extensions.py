@@ -113,8 +113,8 @@ def _validate(trainer_class: type, **attributes) -> None:
     (nnUNetTrainerMeanTeacher, {"consistency_rampup_fraction": 2}, "consistency_rampup_fraction"),
     (nnUNetTrainerMeanTeacher, {"exported_network": "both"}, "exported_network"),
     (nnUNetTrainerMeanTeacher, {"class_balanced_keep_fraction": 0.5}, "class_balanced_keep_fraction"),  # soft
-    (nnUNetTrainerMeanTeacher, {"class_balanced_keep_fraction": 0.5, "hard_pseudo_labels": True,
-                                "consistency_confidence_threshold": 0.95}, "class_balanced_keep_fraction"),
+    (nnUNetTrainerMeanTeacher, {"class_balanced_keep_fraction": 1.5, "hard_pseudo_labels": True},
+     "class_balanced_keep_fraction"),
     (nnUNetTrainerMeanTeacher, {"class_balanced_keep_fraction": 0.0, "hard_pseudo_labels": True},
      "class_balanced_keep_fraction"),
     (nnUNetTrainerSRASeg, {"hole_fraction": 1.2}, "hole_fraction"),

@@ -62,6 +62,15 @@ def test_class_balanced_pseudo_labels_keep_the_same_share_of_every_class():
     assert class_balanced_pseudo_labels(probabilities, 1.0)[1].flatten().tolist() == [1] * 6
 
 
+def test_class_balanced_pseudo_labels_keep_sure_voxels_beyond_their_class_share():
+    """The six voxels above, keeping half of each class, thresholds capped at 0.75: class 0's threshold drops from
+    0.9 to 0.75, so 0.8 is kept too (0.7 is not); class 1's, 0.95, drops to 0.75: 0.6 stays out."""
+    background = torch.tensor([0.99, 0.9, 0.8, 0.7, 0.05, 0.4])
+    probabilities = torch.stack((background, 1 - background))[None, :, None]
+    assert class_balanced_pseudo_labels(probabilities, 0.5, 0.75)[1].flatten().tolist() == [1, 1, 1, 0, 1, 0]
+    assert class_balanced_pseudo_labels(probabilities, 0.5, 0.99)[1].flatten().tolist() == [1, 1, 0, 0, 1, 0]
+
+
 @pytest.mark.parametrize("shape", [(32, 48), (16, 20, 24)])
 def test_cutmix_boxes(shape):
     generator = torch.Generator().manual_seed(0)

@@ -67,15 +67,18 @@ def gather_from_workers(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:size] for part, size in zip(gathered, sizes)])
 
 
-def class_balanced_pseudo_labels(probabilities: torch.Tensor,
-                                 keep_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+def class_balanced_pseudo_labels(probabilities: torch.Tensor, keep_fraction: float,
+                                 sure_threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, *spatial) class probabilities -> hard pseudo-labels (B, 1, *spatial) (their argmax, no gradient) and
     the float mask (B, 1, *spatial) that keeps, of the voxels assigned each class, the ``keep_fraction`` most
     confident (ties at the threshold kept). Class-balanced self-training (Zou et al., ECCV 2018): one threshold per
     class, the confidence of its top ``keep_fraction`` quantile, so that every class keeps the same share of its
     voxels and a majority class the teacher is sure of does not crowd out the others, as one fixed threshold lets
     it. Thresholds are taken over the global batch (under DDP over every worker's voxels, so ``-num_gpus N`` keeps
-    what one GPU would), not over the unlabeled set per round."""
+    what one GPU would), not over the unlabeled set per round. ``sure_threshold`` (None: no cap) caps every class's
+    threshold, so that a voxel at least that confident is kept whatever its class's share: without it the less
+    confident half of the background is dropped too, and nothing but the labeled loss stops the student from
+    growing the foreground into it."""
     top, labels = probabilities.detach().max(1, keepdim=True)
     all_top, all_labels = gather_from_workers(top.flatten()), gather_from_workers(labels.flatten())
     confident = torch.zeros_like(top)
@@ -83,6 +86,8 @@ def class_balanced_pseudo_labels(probabilities: torch.Tensor,
         scores = all_top[all_labels == c]
         kept = math.ceil(keep_fraction * scores.numel())
         threshold = scores.kthvalue(scores.numel() - kept + 1).values  # the kept-th largest confidence
+        if sure_threshold is not None:
+            threshold = threshold.clamp_max(sure_threshold)
         confident[(labels == c) & (top >= threshold)] = 1
     return labels, confident
 

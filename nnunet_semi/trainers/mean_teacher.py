@@ -77,7 +77,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
     (:class:`PseudoLabelDiceCELoss`, UniMatch's unlabeled loss; ``_cutMixPseudoLabels``). Label-based datasets only.
     ``class_balanced_keep_fraction`` (None: the fixed threshold decides) keeps instead, of the hard pseudo-labels of
     each class, the most confident fraction (:func:`class_balanced_pseudo_labels`,
-    ``_cutMixClassBalancedPseudoLabels``).
+    ``_cutMixClassBalancedPseudoLabels``), and with a ``consistency_confidence_threshold`` also every voxel at least
+    that confident (``_cutMixClassBalancedOrConfidentPseudoLabels``).
     """
 
     ema_decay = 0.99
@@ -112,10 +113,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
                      and 0 < volume[0] <= volume[1] <= 1, "(low, high) with 0 < low <= high <= 1")
         self.require("hard_pseudo_labels", isinstance(self.hard_pseudo_labels, bool), "True or False")
         keep = self.class_balanced_keep_fraction
-        self.require("class_balanced_keep_fraction", keep is None or (0 < keep <= 1 and self.hard_pseudo_labels
-                                                                      and self.consistency_confidence_threshold == 0),
-                     "None, or in (0, 1] with hard_pseudo_labels = True and consistency_confidence_threshold = 0 "
-                     "(it replaces the fixed threshold)")
+        self.require("class_balanced_keep_fraction", keep is None or (0 < keep <= 1 and self.hard_pseudo_labels),
+                     "None, or in (0, 1] with hard_pseudo_labels = True")
         self.require("ema_decay_after_rampup",
                      self.ema_decay_after_rampup is None or 0 <= self.ema_decay_after_rampup < 1, "None or in [0, 1)")
 
@@ -196,7 +195,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemi):
         if self.class_balanced_keep_fraction is None:
             labels, confident = confident_pseudo_labels(teacher_probabilities, threshold)
         else:
-            labels, confident = class_balanced_pseudo_labels(teacher_probabilities, self.class_balanced_keep_fraction)
+            labels, confident = class_balanced_pseudo_labels(teacher_probabilities, self.class_balanced_keep_fraction,
+                                                             threshold or None)
         return self.pseudo_label_loss(student_logits, labels, confident), confident.mean()
 
     def compute_train_losses(self, labeled: Batch, unlabeled: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
@@ -357,9 +357,24 @@ class nnUNetTrainerMeanTeacher_cutMixClassBalancedPseudoLabels(nnUNetTrainerMean
     mostly background, the student under-segments). Here the least sure half of each class, where those false
     positives and boundaries lie, is left out, and the kept labels have the classes in the teacher's proportions.
     Kvasir-SEG 10 %, 1000 iterations, five runs: 59.25 +- 1.72 test Dice, +2.90 [-0.13, +5.92] over vanilla and
-    +1.15 [-2.37, +4.66] over the defaults, polyps the right size, HD95 35.8 mm against the defaults' 31.3."""
+    +1.15 [-2.37, +4.66] over the defaults, polyps the right size, HD95 35.8 mm against the defaults' 31.3.
+    ACDC 2d, 3000 iterations, fold 0 (one run): 67.25, 13.69 below vanilla, HD95 95.9 mm: every class
+    over-segmented (1.2-1.9x the reference volume), as the less confident half of the background, where the
+    structures' borders and look-alikes lie, is dropped from the loss (README, "Benchmarking")."""
 
     class_balanced_keep_fraction = 0.5
+
+
+class nnUNetTrainerMeanTeacher_cutMixClassBalancedOrConfidentPseudoLabels(
+        nnUNetTrainerMeanTeacher_cutMixClassBalancedPseudoLabels):
+    """``_cutMixClassBalancedPseudoLabels`` also keeping every voxel the teacher is sure of (>= 0.95, FixMatch's
+    threshold), whatever its class's share: each class's threshold is its top-half confidence capped at 0.95. Meant
+    for what the uncapped variant got wrong on ACDC, where the background is about 96 % of the voxels and dropping
+    its less sure half left the student free to grow every structure into it; here the background the teacher is
+    sure of stays taught, and classes it is unsure of still keep their more confident half (the 0.95 threshold
+    alone kept mostly background). Not measured yet."""
+
+    consistency_confidence_threshold = 0.95
 
 
 class nnUNetTrainerMeanTeacher_ema999AfterRampup(nnUNetTrainerMeanTeacher_noisyTeacherView):
