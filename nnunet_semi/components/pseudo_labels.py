@@ -53,18 +53,18 @@ def confident_pseudo_labels(probabilities: torch.Tensor, threshold: float) -> tu
 
 
 def gather_from_workers(values: torch.Tensor) -> torch.Tensor:
-    """A 1-D tensor -> the concatenation, in rank order, of every DDP worker's (the tensor itself without DDP).
-    Workers may hold different lengths (nnU-Net splits an odd global batch unevenly)."""
+    """(K, N) -> (K, sum of N): every DDP worker's columns concatenated in rank order (the tensor itself without
+    DDP). Workers may hold different N (nnU-Net splits an odd global batch unevenly)."""
     if not (dist.is_available() and dist.is_initialized()):
         return values
     world_size = dist.get_world_size()
     sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(world_size)]
-    dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
+    dist.all_gather(sizes, torch.tensor([values.shape[-1]], device=values.device))
     sizes = [int(size) for size in sizes]
-    padded = F.pad(values, (0, max(sizes) - values.numel()))
+    padded = F.pad(values, (0, max(sizes) - values.shape[-1]))
     gathered = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(gathered, padded)
-    return torch.cat([part[:size] for part, size in zip(gathered, sizes)])
+    return torch.cat([part[..., :size] for part, size in zip(gathered, sizes)], -1)
 
 
 def class_balanced_pseudo_labels(probabilities: torch.Tensor, keep_fraction: float,
@@ -80,7 +80,7 @@ def class_balanced_pseudo_labels(probabilities: torch.Tensor, keep_fraction: flo
     confident half of the background is dropped too, and nothing but the labeled loss stops the student from
     growing the foreground into it."""
     top, labels = probabilities.detach().max(1, keepdim=True)
-    all_top, all_labels = gather_from_workers(top.flatten()), gather_from_workers(labels.flatten())
+    all_top, all_labels = gather_from_workers(torch.stack((top.flatten(), labels.flatten().to(top.dtype))))  # one gather
     confident = torch.zeros_like(top)
     for c in all_labels.unique():
         scores = all_top[all_labels == c]
