@@ -80,7 +80,7 @@ def class_balanced_pseudo_labels(probabilities: torch.Tensor, keep_fraction: flo
     confident half of the background is dropped too, and nothing but the labeled loss stops the student from
     growing the foreground into it."""
     top, labels = probabilities.detach().max(1, keepdim=True)
-    all_top, all_labels = gather_from_workers(torch.stack((top.flatten(), labels.flatten().to(top.dtype))))  # one gather
+    all_top, all_labels = gather_from_workers(torch.stack((top.flatten(), labels.flatten().to(top.dtype))))
     confident = torch.zeros_like(top)
     for c in all_labels.unique():
         scores = all_top[all_labels == c]
