@@ -137,6 +137,7 @@ def _mean_teacher_on_two_crops(variant: str, logits, **stubs) -> dict[str, torch
     trainer.label_manager = SimpleNamespace(has_regions=False)
     trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.global_step = 1, 4, 4
     trainer.pseudo_label_loss = PseudoLabelDiceCELoss(batch_dice=True, ddp=False)
+    trainer.running_class_thresholds = None
     for name, value in stubs.items():
         setattr(trainer, name, value)
     crops = torch.stack((torch.zeros(1, 2, 2), torch.ones(1, 2, 2)))
@@ -211,21 +212,51 @@ def test_mean_teacher_class_balanced_pseudo_labels_keep_each_class_share():
     assert losses["loss_consistency"].item() == pytest.approx(cross_entropy - 90 / 109, abs=1e-4)
 
 
-@pytest.mark.parametrize("variant, cap", [("_cutMixClassBalancedPseudoLabels", None),
-                                          ("_cutMixClassBalancedOrConfidentPseudoLabels", 0.95)])
-def test_mean_teacher_class_balanced_thresholds_are_capped_by_the_confidence_threshold(monkeypatch, variant, cap):
-    """The trainer hands its ``consistency_confidence_threshold`` (0: none) to the class-balanced rule as the cap."""
+@pytest.mark.parametrize("variant, cap, momentum", [
+    ("_cutMixClassBalancedPseudoLabels", None, None),
+    ("_cutMixClassBalancedOrConfidentPseudoLabels", 0.95, None),
+    ("_cutMixClassBalancedOrConfidentPseudoLabels_runningThresholds", 0.95, 0.99)])
+def test_mean_teacher_class_balanced_thresholds_are_capped_and_running_as_set(monkeypatch, variant, cap, momentum):
+    """The trainer hands its ``consistency_confidence_threshold`` (0: none) to the class-balanced rule as the cap,
+    and with a ``class_balanced_momentum`` its running estimate, which the step updates."""
     from nnunet_semi.components import pseudo_labels
     from nnunet_semi.trainers import mean_teacher
-    caps = []
+    calls = []
 
-    def recording(probabilities, keep_fraction, sure_threshold=None):
-        caps.append((keep_fraction, sure_threshold))
-        return pseudo_labels.class_balanced_pseudo_labels(probabilities, keep_fraction, sure_threshold)
+    def recording(probabilities, keep_fraction, sure_threshold=None, running=None):
+        calls.append((keep_fraction, sure_threshold, running and running.momentum))
+        return pseudo_labels.class_balanced_pseudo_labels(probabilities, keep_fraction, sure_threshold, running)
 
     monkeypatch.setattr(mean_teacher, "class_balanced_pseudo_labels", recording)
-    _mean_teacher_on_two_crops(variant, lambda x: torch.cat((x * math.log(24), (1 - x) * math.log(3)), 1))
-    assert caps == [(0.5, cap)]
+    running = momentum and pseudo_labels.RunningClassThresholds(momentum)
+    _mean_teacher_on_two_crops(variant, lambda x: torch.cat((x * math.log(24), (1 - x) * math.log(3)), 1),
+                               running_class_thresholds=running)
+    assert calls == [(0.5, cap, momentum)]
+    if running:
+        assert running.values.tolist() == pytest.approx([24 / 25, 3 / 4])
+
+
+def test_mean_teacher_running_class_thresholds_are_saved_and_resumed(monkeypatch):
+    """``_runningThresholds`` keeps its estimate in ``semi_state`` (so ``--c`` resumes it), the other variants
+    save none."""
+    from nnunet_semi.components.pseudo_labels import RunningClassThresholds
+    from nnunet_semi.core.trainer import nnUNetTrainerSemi
+    from nnunet_semi.trainers import mean_teacher
+
+    def trainer_with(variant: str, running) -> mean_teacher.nnUNetTrainerMeanTeacher:
+        trainer = object.__new__(getattr(mean_teacher, "nnUNetTrainerMeanTeacher" + variant))
+        trainer.running_class_thresholds = running
+        return trainer
+
+    monkeypatch.setattr(nnUNetTrainerSemi, "semi_state_dict", lambda self: {"global_step": 7})
+    monkeypatch.setattr(nnUNetTrainerSemi, "load_semi_state_dict", lambda self, state: None)
+    saved = RunningClassThresholds(0.99)
+    saved.update(torch.tensor([0.9, 0.7]))
+    running = "_cutMixClassBalancedOrConfidentPseudoLabels_runningThresholds"
+    resumed = trainer_with(running, RunningClassThresholds(0.99))
+    resumed.load_semi_state_dict(trainer_with(running, saved).semi_state_dict())
+    assert resumed.running_class_thresholds.values.tolist() == pytest.approx([0.9, 0.7])
+    assert trainer_with("_cutMixClassBalancedOrConfidentPseudoLabels", None).semi_state_dict() == {"global_step": 7}
 
 
 def test_confidence_masked_mse_counts_unconfident_voxels_as_zero():

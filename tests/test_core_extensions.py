@@ -117,6 +117,9 @@ def _validate(trainer_class: type, **attributes) -> None:
      "class_balanced_keep_fraction"),
     (nnUNetTrainerMeanTeacher, {"class_balanced_keep_fraction": 0.0, "hard_pseudo_labels": True},
      "class_balanced_keep_fraction"),
+    (nnUNetTrainerMeanTeacher, {"class_balanced_momentum": 0.9}, "class_balanced_momentum"),  # no keep fraction
+    (nnUNetTrainerMeanTeacher, {"class_balanced_momentum": 1.0, "class_balanced_keep_fraction": 0.5,
+                                "hard_pseudo_labels": True}, "class_balanced_momentum"),
     (nnUNetTrainerSRASeg, {"hole_fraction": 1.2}, "hole_fraction"),
     (nnUNetTrainerSRASeg, {"warmup_fraction": 1.0}, "warmup_fraction"),
     (nnUNetTrainerSRASeg, {"blur_kernel_size": 4}, "blur_kernel_size"),

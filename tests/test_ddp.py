@@ -225,21 +225,30 @@ def _global_batch_probabilities() -> torch.Tensor:
     return torch.stack((background, 1 - background), 1)[:, :, None]
 
 
+def _class_balanced_steps(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-batch masks of ``batch`` (samples, 2, 1, 6) and, over two steps (``batch``, then its classes swapped),
+    the running thresholds at momentum 0.5."""
+    from nnunet_semi.components.pseudo_labels import RunningClassThresholds, class_balanced_pseudo_labels
+    running = RunningClassThresholds(0.5)
+    for step in (batch, batch.flip(1)):
+        class_balanced_pseudo_labels(step, 0.5, running=running)
+    return class_balanced_pseudo_labels(batch, 0.5)[1], running.values
+
+
 def _class_balanced_worker(rank: int, world_size: int, init_file: str, results) -> None:
-    from nnunet_semi.components.pseudo_labels import class_balanced_pseudo_labels
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     local = _global_batch_probabilities()[:1] if rank == 0 else _global_batch_probabilities()[1:]  # uneven split
-    results[rank] = class_balanced_pseudo_labels(local, 0.5)[1]
+    results[rank] = _class_balanced_steps(local)
     dist.destroy_process_group()
 
 
 def test_class_balanced_thresholds_are_taken_over_the_global_batch(tmp_path):
     """Two ranks holding one and two samples of a batch keep exactly the voxels one process keeps on the whole
     batch, although rank 0's class-0 voxels alone would get a higher threshold (0.9: two of its four; globally
-    0.8: three of six)."""
-    from nnunet_semi.components.pseudo_labels import class_balanced_pseudo_labels
+    0.8: three of six); their running thresholds stay identical and equal one process's."""
     results = mp.Manager().dict()
     mp.spawn(_class_balanced_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
-    whole = class_balanced_pseudo_labels(_global_batch_probabilities(), 0.5)[1]
-    assert torch.equal(torch.cat((results[0], results[1])), whole)
-    assert not torch.equal(results[0], class_balanced_pseudo_labels(_global_batch_probabilities()[:1], 0.5)[1])
+    whole, running = _class_balanced_steps(_global_batch_probabilities())
+    assert torch.equal(torch.cat((results[0][0], results[1][0])), whole)
+    assert not torch.equal(results[0][0], _class_balanced_steps(_global_batch_probabilities()[:1])[0])
+    assert torch.equal(results[0][1], running) and torch.equal(results[1][1], running)

@@ -17,8 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from e2e_support import assert_terms_logged
 from nnunet_semi.components.mixing import cutmix_box_mask, next_sample, paste
-from nnunet_semi.components.pseudo_labels import (PseudoLabelDiceCELoss, class_balanced_pseudo_labels,
-                                                  confident_pseudo_labels, masked_cross_entropy)
+from nnunet_semi.components.pseudo_labels import (PseudoLabelDiceCELoss, RunningClassThresholds,
+                                                  class_balanced_pseudo_labels, confident_pseudo_labels,
+                                                  masked_cross_entropy)
 from nnunet_semi.core.unlabeled import UnlabeledViews, split_views
 from nnunet_semi.trainers.unimatch import (FeaturePerturbedNetwork, nnUNetTrainerUniMatch,
                                            nnUNetTrainerUniMatch_noFP)
@@ -69,6 +70,33 @@ def test_class_balanced_pseudo_labels_keep_sure_voxels_beyond_their_class_share(
     probabilities = torch.stack((background, 1 - background))[None, :, None]
     assert class_balanced_pseudo_labels(probabilities, 0.5, 0.75)[1].flatten().tolist() == [1, 1, 1, 0, 1, 0]
     assert class_balanced_pseudo_labels(probabilities, 0.5, 0.99)[1].flatten().tolist() == [1, 1, 0, 0, 1, 0]
+
+
+def test_running_class_thresholds_hand_values():
+    """Momentum 0.5: a class first seen starts at its batch value, one seen before and now moves halfway, one absent
+    from the batch keeps its value; NaN (never seen) stays NaN."""
+    nan = float("nan")
+    running = RunningClassThresholds(0.5)
+    assert torch.equal(running.update(torch.tensor([0.9, nan, 0.5, nan])).isnan(),
+                       torch.tensor([False, True, False, True]))
+    after = running.update(torch.tensor([0.7, 0.8, nan, nan]))
+    assert after[:3].tolist() == pytest.approx([0.8, 0.8, 0.5]) and after[3].isnan()
+    with pytest.raises(ValueError, match="momentum"):
+        RunningClassThresholds(1.0)
+
+
+def test_class_balanced_pseudo_labels_with_running_thresholds_leave_a_batchs_unsure_class_out():
+    """Batch 1 is the six voxels above (thresholds: class 0 0.9, class 1 0.95). Batch 2 has class 0 at 0.99 and 0.9
+    and two unsure class-1 voxels, 0.55 and 0.6: its own thresholds, 0.99 and 0.6, would keep the 0.6 voxel. With
+    momentum 0.5 the thresholds are 0.945 and 0.775: 0.99 kept, 0.9 not, neither class-1 voxel."""
+    first = torch.tensor([0.99, 0.9, 0.8, 0.7, 0.05, 0.4])
+    second = torch.tensor([0.99, 0.9, 0.45, 0.4])
+    batches = [torch.stack((b, 1 - b))[None, :, None] for b in (first, second)]
+    running = RunningClassThresholds(0.5)
+    assert class_balanced_pseudo_labels(batches[0], 0.5, running=running)[1].flatten().tolist() == [1, 1, 0, 0, 1, 0]
+    assert class_balanced_pseudo_labels(batches[1], 0.5)[1].flatten().tolist() == [1, 0, 0, 1]
+    assert class_balanced_pseudo_labels(batches[1], 0.5, running=running)[1].flatten().tolist() == [1, 0, 0, 0]
+    assert running.values.tolist() == pytest.approx([0.945, 0.775])
 
 
 @pytest.mark.parametrize("shape", [(32, 48), (16, 20, 24)])

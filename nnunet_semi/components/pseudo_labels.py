@@ -67,29 +67,74 @@ def gather_from_workers(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[..., :size] for part, size in zip(gathered, sizes)], -1)
 
 
+class RunningClassThresholds:
+    """Per-class thresholds as an exponential moving average over training steps: ``momentum`` * the running value +
+    (1 - ``momentum``) * the batch's, where both exist; a class first seen in a batch starts at the batch's value,
+    and a class absent from a batch keeps its running value. Class-balanced self-training (Zou et al., ECCV 2018)
+    takes each class's threshold over the whole unlabeled set; a running estimate over the last ~1 / (1 -
+    ``momentum``) steps approximates that without a pass over the set, so that a batch where the teacher assigns a
+    class to a few unsure voxels (a false positive on a slice without that class) does not keep the more confident
+    half of them as it would with the batch's own threshold. Under DDP every worker updates from the same global
+    batch thresholds, so the estimates stay identical without communication."""
+
+    def __init__(self, momentum: float):
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.values: torch.Tensor | None = None
+
+    def update(self, batch: torch.Tensor) -> torch.Tensor:
+        """(C,) thresholds of one batch (NaN: no voxel assigned that class) -> the (C,) running thresholds after it
+        (NaN: a class not seen yet)."""
+        if self.values is None:
+            self.values = batch.clone()
+            return self.values
+        blended = self.momentum * self.values + (1 - self.momentum) * batch
+        self.values = torch.where(batch.isnan(), self.values, torch.where(self.values.isnan(), batch, blended))
+        return self.values
+
+    def state_dict(self) -> dict:
+        return {"momentum": self.momentum, "values": self.values}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values = state["values"]
+
+
+def class_quantile_thresholds(top: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                              keep_fraction: float) -> torch.Tensor:
+    """Each voxel's top probability and argmax class (same shape) -> (num_classes,) thresholds: per class, the
+    confidence of its ``keep_fraction`` most confident voxels' least confident one, over the global batch (under DDP
+    every worker's voxels); NaN for a class no voxel is assigned."""
+    all_top, all_labels = gather_from_workers(torch.stack((top.flatten(), labels.flatten().to(top.dtype))))
+    thresholds = torch.full((num_classes,), float("nan"), dtype=top.dtype, device=top.device)
+    for c in all_labels.unique():
+        scores = all_top[all_labels == c]
+        kept = math.ceil(keep_fraction * scores.numel())
+        thresholds[c.long()] = scores.kthvalue(scores.numel() - kept + 1).values  # the kept-th largest confidence
+    return thresholds
+
+
 def class_balanced_pseudo_labels(probabilities: torch.Tensor, keep_fraction: float,
-                                 sure_threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                 sure_threshold: float | None = None,
+                                 running: RunningClassThresholds | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, *spatial) class probabilities -> hard pseudo-labels (B, 1, *spatial) (their argmax, no gradient) and
     the float mask (B, 1, *spatial) that keeps, of the voxels assigned each class, the ``keep_fraction`` most
     confident (ties at the threshold kept). Class-balanced self-training (Zou et al., ECCV 2018): one threshold per
     class, the confidence of its top ``keep_fraction`` quantile, so that every class keeps the same share of its
     voxels and a majority class the teacher is sure of does not crowd out the others, as one fixed threshold lets
     it. Thresholds are taken over the global batch (under DDP over every worker's voxels, so ``-num_gpus N`` keeps
-    what one GPU would), not over the unlabeled set per round. ``sure_threshold`` (None: no cap) caps every class's
-    threshold, so that a voxel at least that confident is kept whatever its class's share: without it the less
-    confident half of the background is dropped too, and nothing but the labeled loss stops the student from
-    growing the foreground into it."""
+    what one GPU would), or with ``running`` as its running estimate updated by this batch
+    (:class:`RunningClassThresholds`). ``sure_threshold`` (None: no cap) caps every class's threshold, so that a
+    voxel at least that confident is kept whatever its class's share: without it the less confident half of the
+    background is dropped too, and nothing but the labeled loss stops the student from growing the foreground into
+    it."""
     top, labels = probabilities.detach().max(1, keepdim=True)
-    all_top, all_labels = gather_from_workers(torch.stack((top.flatten(), labels.flatten().to(top.dtype))))
-    confident = torch.zeros_like(top)
-    for c in all_labels.unique():
-        scores = all_top[all_labels == c]
-        kept = math.ceil(keep_fraction * scores.numel())
-        threshold = scores.kthvalue(scores.numel() - kept + 1).values  # the kept-th largest confidence
-        if sure_threshold is not None:
-            threshold = threshold.clamp_max(sure_threshold)
-        confident[(labels == c) & (top >= threshold)] = 1
-    return labels, confident
+    thresholds = class_quantile_thresholds(top, labels, probabilities.shape[1], keep_fraction)
+    if running is not None:
+        thresholds = running.update(thresholds)
+    if sure_threshold is not None:
+        thresholds = thresholds.clamp_max(sure_threshold)
+    return labels, (top >= thresholds[labels]).to(top.dtype)
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
