@@ -1,6 +1,7 @@
 """Unit tests of the shared SSL core: ramp-ups, EMA teacher, hyperparameters, unlabeled views, logger."""
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -253,8 +254,11 @@ def test_mean_teacher_running_class_thresholds_are_saved_and_resumed(monkeypatch
     saved = RunningClassThresholds(0.99)
     saved.update(torch.tensor([0.9, 0.7]))
     running = "_cutMixClassBalancedOrConfidentPseudoLabels_runningThresholds"
+    checkpoint = io.BytesIO()
+    torch.save({"semi_state": trainer_with(running, saved).semi_state_dict()}, checkpoint)
+    checkpoint.seek(0)
     resumed = trainer_with(running, RunningClassThresholds(0.99))
-    resumed.load_semi_state_dict(trainer_with(running, saved).semi_state_dict())
+    resumed.load_semi_state_dict(torch.load(checkpoint, weights_only=False)["semi_state"])
     assert resumed.running_class_thresholds.values.tolist() == pytest.approx([0.9, 0.7])
     assert trainer_with("_cutMixClassBalancedOrConfidentPseudoLabels", None).semi_state_dict() == {"global_step": 7}
 

@@ -74,7 +74,9 @@ class RunningClassThresholds:
     takes each class's threshold over the whole unlabeled set; a running estimate over the last ~1 / (1 -
     ``momentum``) steps approximates that without a pass over the set, so that a batch where the teacher assigns a
     class to a few unsure voxels (a false positive on a slice without that class) does not keep the more confident
-    half of them as it would with the batch's own threshold. Under DDP every worker updates from the same global
+    half of them as it would with the batch's own threshold. It is an average of batch quantiles, each batch
+    counting alike whatever its number of voxels of the class, and it lags a teacher that grows surer, so it keeps
+    somewhat more than the batch's share late in training. Under DDP every worker updates from the same global
     batch thresholds, so the estimates stay identical without communication."""
 
     def __init__(self, momentum: float):
@@ -89,12 +91,12 @@ class RunningClassThresholds:
         if self.values is None:
             self.values = batch.clone()
             return self.values
-        blended = self.momentum * self.values + (1 - self.momentum) * batch
+        blended = self.values.lerp(batch, 1 - self.momentum)
         self.values = torch.where(batch.isnan(), self.values, torch.where(self.values.isnan(), batch, blended))
         return self.values
 
     def state_dict(self) -> dict:
-        return {"momentum": self.momentum, "values": self.values}
+        return {"values": self.values}
 
     def load_state_dict(self, state: dict) -> None:
         self.values = state["values"]
