@@ -395,7 +395,9 @@ class nnUNetTrainerMeanTeacher_cutMixClassBalancedOrConfidentPseudoLabels(
     sure of stays taught, and classes it is unsure of still keep their more confident half (the 0.95 threshold
     alone kept mostly background). ACDC 2d, 3000 iterations, fold 0 (one run): 80.46 test Dice, 0.48 below vanilla
     and 1.19 below the defaults, HD95 59.8 mm; predicted volumes 1.06-1.20x the reference (uncapped 1.22-1.87x), but
-    10.4 % of the predicted RV on slices without RV (README, "Benchmarking")."""
+    10.4 % of the predicted RV on slices without RV. Kvasir-SEG 10 %, 1000 iterations, fold 0: 54.98, +0.25 over
+    vanilla and 4.22 below the uncapped rule, the polyps shrunk as with the 0.95 threshold alone (README,
+    "Benchmarking")."""
 
     consistency_confidence_threshold = 0.95
 
